@@ -1,0 +1,18 @@
+//! lote serves transformer models on LibTorch: question answering, fill-mask, classification,
+//! embeddings, summarization and generation, in dynamic batches, on CPU or CUDA, over gRPC,
+//! RabbitMQ jobs and JSONL files.
+//!
+//! The library holds everything; the `lote` binary is a thin command line over it, so tests can
+//! start the real server in-process with [`run`] or [`Server::bind`] on port 0.
+
+pub mod cli;
+pub mod device;
+pub mod grpc;
+pub mod metrics;
+pub mod server;
+pub mod settings;
+pub mod shutdown;
+pub mod telemetry;
+
+pub use server::{RunError, Server, run};
+pub use settings::Settings;

@@ -1,0 +1,124 @@
+//! Shared helpers for the integration tests: the real server started in-process on port 0, and
+//! the real binary started as a child process.
+#![allow(dead_code)]
+
+use std::{
+    io::{BufRead, BufReader},
+    net::SocketAddr,
+    process::{Child, Command, Stdio},
+    sync::mpsc,
+    time::Duration,
+};
+
+use lote::{Server, Settings};
+use tokio::{sync::oneshot, task::JoinHandle};
+use tonic::transport::Channel;
+use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+
+/// Settings for a test server: port 0 for gRPC and metrics, CPU.
+pub fn test_settings() -> Settings {
+    let mut settings = Settings::default();
+    settings.server.grpc_addr = "127.0.0.1:0".parse().unwrap();
+    settings.server.metrics_addr = Some("127.0.0.1:0".parse().unwrap());
+    settings.device.kind = lote::settings::DeviceSpec::Cpu;
+    settings
+}
+
+/// A server running in this process; `stop` fires its shutdown future.
+pub struct TestServer {
+    pub grpc_addr: SocketAddr,
+    pub metrics_addr: Option<SocketAddr>,
+    stop: Option<oneshot::Sender<()>>,
+    pub task: JoinHandle<Result<(), lote::server::ServeError>>,
+}
+
+impl TestServer {
+    pub async fn start(settings: Settings) -> Self {
+        let server = Server::bind(settings).await.expect("server binds");
+        let grpc_addr = server.grpc_addr();
+        let metrics_addr = server.metrics_addr();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(server.serve(async move {
+            let _ = stopped.await;
+        }));
+        Self { grpc_addr, metrics_addr, stop: Some(stop), task }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.grpc_addr)
+    }
+
+    pub async fn channel(&self) -> Channel {
+        Channel::from_shared(self.url()).unwrap().connect().await.expect("connects")
+    }
+
+    /// Fires the shutdown future.
+    pub fn stop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+/// grpc.health.v1 Check for `service` ("" is the whole server), as the status name.
+pub async fn health_status(channel: Channel, service: &str) -> Result<String, tonic::Status> {
+    let response =
+        HealthClient::new(channel).check(HealthCheckRequest { service: service.into() }).await?;
+    Ok(format!("{:?}", response.into_inner().status()))
+}
+
+/// The `lote` binary with a clean LOTE__ environment and JSON logs.
+pub fn lote_command() -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_lote"));
+    for (name, _) in std::env::vars() {
+        if name.starts_with("LOTE__") {
+            command.env_remove(name);
+        }
+    }
+    command.env("LOTE__LOG__FORMAT", "json").env_remove("RUST_LOG");
+    command
+}
+
+/// A running `lote serve`, with the gRPC address read from its "serving" log line.
+pub struct ServeProcess {
+    pub child: Child,
+    pub grpc_addr: SocketAddr,
+    pub stderr: mpsc::Receiver<String>,
+}
+
+impl ServeProcess {
+    pub fn start(mut command: Command) -> Self {
+        let mut child = command
+            .arg("serve")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("lote starts");
+        let (lines_tx, lines) = mpsc::channel();
+        let stderr = child.stderr.take().unwrap();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if lines_tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let grpc_addr = loop {
+            let line = lines
+                .recv_timeout(Duration::from_secs(60))
+                .expect("lote logs `serving` within 60 s");
+            let Ok(event) = serde_json::from_str::<serde_json::Value>(&line) else { continue };
+            if event["message"] == "serving" {
+                break event["grpc_addr"].as_str().unwrap().parse().unwrap();
+            }
+        };
+        Self { child, grpc_addr, stderr: lines }
+    }
+}
+
+impl Drop for ServeProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
