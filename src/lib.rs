@@ -9,10 +9,12 @@ pub mod cli;
 pub mod device;
 pub mod grpc;
 pub mod metrics;
+pub mod models;
 pub mod server;
 pub mod settings;
 pub mod shutdown;
 pub mod telemetry;
+pub mod tokenize;
 
 pub use server::{RunError, Server, run};
 pub use settings::Settings;

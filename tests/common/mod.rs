@@ -122,3 +122,23 @@ impl Drop for ServeProcess {
         let _ = self.child.wait();
     }
 }
+
+/// A tiny model made by tests/fixtures/make_models.py (`make fixtures`); `LOTE_FIXTURES`
+/// overrides the folder. A missing fixture fails the test: it is never skipped.
+pub fn fixture_model(name: &str) -> std::path::PathBuf {
+    let root = std::env::var("LOTE_FIXTURES").map(std::path::PathBuf::from).unwrap_or_else(|_| {
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/models")
+    });
+    let dir = root.join(name);
+    assert!(
+        dir.join("config.json").is_file(),
+        "fixture {} missing: run `make fixtures`",
+        dir.display()
+    );
+    dir
+}
+
+pub fn read_reference(dir: &std::path::Path) -> serde_json::Value {
+    let text = std::fs::read_to_string(dir.join("reference.json")).expect("reference.json");
+    serde_json::from_str(&text).expect("reference.json is JSON")
+}

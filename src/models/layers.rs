@@ -1,0 +1,206 @@
+//! The building blocks the encoder architectures share: linear, layer norm, embedding, the
+//! activations config.json names, and the post-norm transformer layer (self-attention and
+//! feed-forward, each followed by residual + LayerNorm) that BERT, RoBERTa, DistilBERT, ALBERT
+//! and ELECTRA all use under different tensor names.
+
+use serde::Deserialize;
+use tch::Tensor;
+
+use super::weights::{Weights, WeightsError};
+
+/// `y = x W^T + b`, weights as PyTorch's nn.Linear stores them (`[out, in]`).
+#[derive(Debug)]
+pub struct Linear {
+    weight: Tensor,
+    bias: Option<Tensor>,
+}
+
+impl Linear {
+    pub fn load(w: &Weights, name: &str, input: i64, output: i64) -> Result<Self, WeightsError> {
+        Ok(Self {
+            weight: w.get(&format!("{name}.weight"), &[output, input])?,
+            bias: Some(w.get(&format!("{name}.bias"), &[output])?),
+        })
+    }
+
+    pub fn from_parts(weight: Tensor, bias: Option<Tensor>) -> Self {
+        Self { weight, bias }
+    }
+
+    pub fn forward(&self, x: &Tensor) -> Tensor {
+        x.linear(&self.weight, self.bias.as_ref())
+    }
+}
+
+#[derive(Debug)]
+pub struct LayerNorm {
+    weight: Tensor,
+    bias: Tensor,
+    eps: f64,
+}
+
+impl LayerNorm {
+    pub fn load(w: &Weights, name: &str, size: i64, eps: f64) -> Result<Self, WeightsError> {
+        Ok(Self {
+            weight: w.get(&format!("{name}.weight"), &[size])?,
+            bias: w.get(&format!("{name}.bias"), &[size])?,
+            eps,
+        })
+    }
+
+    pub fn forward(&self, x: &Tensor) -> Tensor {
+        let size = *x.size().last().expect("layer norm over a tensor with dimensions");
+        x.layer_norm([size], Some(&self.weight), Some(&self.bias), self.eps, false)
+    }
+}
+
+#[derive(Debug)]
+pub struct Embedding {
+    pub weight: Tensor,
+}
+
+impl Embedding {
+    pub fn load(w: &Weights, name: &str, count: i64, size: i64) -> Result<Self, WeightsError> {
+        Ok(Self { weight: w.get(&format!("{name}.weight"), &[count, size])? })
+    }
+
+    pub fn forward(&self, ids: &Tensor) -> Tensor {
+        Tensor::embedding(&self.weight, ids, -1, false, false)
+    }
+}
+
+/// The activations transformers' ACT2FN maps `hidden_act` to, for the ones encoders use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+pub enum Activation {
+    #[serde(rename = "gelu")]
+    Gelu,
+    #[serde(rename = "gelu_new", alias = "gelu_pytorch_tanh", alias = "gelu_fast")]
+    GeluTanh,
+    #[serde(rename = "relu")]
+    Relu,
+    #[serde(rename = "silu", alias = "swish")]
+    Silu,
+    #[serde(rename = "tanh")]
+    Tanh,
+}
+
+impl Activation {
+    pub fn forward(&self, x: &Tensor) -> Tensor {
+        match self {
+            Activation::Gelu => x.gelu("none"),
+            Activation::GeluTanh => x.gelu("tanh"),
+            Activation::Relu => x.relu(),
+            Activation::Silu => x.silu(),
+            Activation::Tanh => x.tanh(),
+        }
+    }
+}
+
+/// Dimensions of one transformer layer.
+#[derive(Debug, Clone, Copy)]
+pub struct LayerShape {
+    pub hidden: i64,
+    pub heads: i64,
+    pub intermediate: i64,
+    pub eps: f64,
+    pub activation: Activation,
+}
+
+/// Where one layer's tensors live in a checkpoint (each a prefix of `.weight`/`.bias`).
+pub struct LayerNames {
+    pub query: String,
+    pub key: String,
+    pub value: String,
+    pub attention_out: String,
+    pub attention_norm: String,
+    pub ffn_in: String,
+    pub ffn_out: String,
+    pub output_norm: String,
+}
+
+impl LayerNames {
+    /// BERT's names, shared by RoBERTa and ELECTRA: `{prefix}.attention.self.query`, ...
+    pub fn bert(prefix: &str) -> Self {
+        Self {
+            query: format!("{prefix}.attention.self.query"),
+            key: format!("{prefix}.attention.self.key"),
+            value: format!("{prefix}.attention.self.value"),
+            attention_out: format!("{prefix}.attention.output.dense"),
+            attention_norm: format!("{prefix}.attention.output.LayerNorm"),
+            ffn_in: format!("{prefix}.intermediate.dense"),
+            ffn_out: format!("{prefix}.output.dense"),
+            output_norm: format!("{prefix}.output.LayerNorm"),
+        }
+    }
+}
+
+/// Self-attention then feed-forward, each with residual and post-LayerNorm.
+#[derive(Debug)]
+pub struct TransformerLayer {
+    query: Linear,
+    key: Linear,
+    value: Linear,
+    attention_out: Linear,
+    attention_norm: LayerNorm,
+    ffn_in: Linear,
+    ffn_out: Linear,
+    output_norm: LayerNorm,
+    heads: i64,
+    activation: Activation,
+}
+
+impl TransformerLayer {
+    pub fn load(w: &Weights, names: &LayerNames, shape: LayerShape) -> Result<Self, WeightsError> {
+        let LayerShape { hidden, intermediate, eps, .. } = shape;
+        Ok(Self {
+            query: Linear::load(w, &names.query, hidden, hidden)?,
+            key: Linear::load(w, &names.key, hidden, hidden)?,
+            value: Linear::load(w, &names.value, hidden, hidden)?,
+            attention_out: Linear::load(w, &names.attention_out, hidden, hidden)?,
+            attention_norm: LayerNorm::load(w, &names.attention_norm, hidden, eps)?,
+            ffn_in: Linear::load(w, &names.ffn_in, hidden, intermediate)?,
+            ffn_out: Linear::load(w, &names.ffn_out, intermediate, hidden)?,
+            output_norm: LayerNorm::load(w, &names.output_norm, hidden, eps)?,
+            heads: shape.heads,
+            activation: shape.activation,
+        })
+    }
+
+    /// `x`: `[batch, seq, hidden]`; `mask_bias`: `[batch, 1, 1, seq]`, 0 where attended and the
+    /// dtype's minimum where padded (see [`attention_bias`]).
+    pub fn forward(&self, x: &Tensor, mask_bias: &Tensor) -> Tensor {
+        let attended = self.attention(x, mask_bias);
+        let x = self.attention_norm.forward(&(self.attention_out.forward(&attended) + x));
+        let inner = self.activation.forward(&self.ffn_in.forward(&x));
+        self.output_norm.forward(&(self.ffn_out.forward(&inner) + x))
+    }
+
+    fn attention(&self, x: &Tensor, mask_bias: &Tensor) -> Tensor {
+        let (batch, seq, hidden) = x.size3().expect("[batch, seq, hidden]");
+        let head_size = hidden / self.heads;
+        let split = |t: Tensor| t.view([batch, seq, self.heads, head_size]).transpose(1, 2);
+        let q = split(self.query.forward(x));
+        let k = split(self.key.forward(x));
+        let v = split(self.value.forward(x));
+        let scores = q.matmul(&k.transpose(-1, -2)) / (head_size as f64).sqrt() + mask_bias;
+        let probs = scores.softmax(-1, scores.kind());
+        probs.matmul(&v).transpose(1, 2).contiguous().view([batch, seq, hidden])
+    }
+}
+
+/// The additive attention mask transformers builds: `(1 - mask) * finfo(dtype).min`, shaped
+/// `[batch, 1, 1, seq]`.
+pub fn attention_bias(attention_mask: &Tensor, kind: tch::Kind) -> Tensor {
+    let min = match kind {
+        tch::Kind::Half => f64::from(half_min()),
+        tch::Kind::BFloat16 => -3.3895313892515355e38,
+        tch::Kind::Double => f64::MIN,
+        _ => f64::from(f32::MIN),
+    };
+    let inverted = attention_mask.to_kind(kind).neg() + 1.0;
+    (inverted * min).unsqueeze(1).unsqueeze(1)
+}
+
+fn half_min() -> f32 {
+    -65504.0
+}

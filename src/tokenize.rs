@@ -1,0 +1,257 @@
+//! Tokenization with a model's own tokenizer.json, as transformers' fast tokenizers do it.
+//!
+//! Offsets are *character* offsets (what Python's `str` indexes), so answers and entity spans
+//! slice Portuguese accents, emoji and CJK correctly. Truncation and padding are decided here per
+//! call, never by whatever tokenizer.json carries.
+
+use std::path::{Path, PathBuf};
+
+use tokenizers::{
+    EncodeInput, Encoding, Tokenizer, TruncationDirection, TruncationParams, TruncationStrategy,
+};
+
+#[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
+pub enum TokenizeError {
+    #[error("{}: {reason}", path.display())]
+    Load { path: PathBuf, reason: String },
+    #[error("input is empty")]
+    Empty,
+    #[error(
+        "input has {tokens} tokens, more than the model's limit of {limit} (truncation is off)"
+    )]
+    TooLong { tokens: usize, limit: usize },
+    #[error("tokenizer: {0}")]
+    Failed(String),
+}
+
+/// One tokenized input, unpadded.
+#[derive(Debug, Clone)]
+pub struct Encoded {
+    pub ids: Vec<u32>,
+    pub type_ids: Vec<u32>,
+    /// Character offsets into the text each token came from; (0, 0) for special tokens.
+    pub offsets: Vec<(usize, usize)>,
+    pub special: Vec<bool>,
+    pub word_ids: Vec<Option<u32>>,
+    /// Which input each token belongs to: 0 (text or question), 1 (context), None (special).
+    pub sequence_ids: Vec<Option<usize>>,
+    /// Tokens of the whole input before truncation dropped any.
+    pub input_tokens: usize,
+    pub truncated: bool,
+}
+
+impl Encoded {
+    fn from_encoding(encoding: &Encoding, input_tokens: usize) -> Self {
+        Self {
+            ids: encoding.get_ids().to_vec(),
+            type_ids: encoding.get_type_ids().to_vec(),
+            offsets: encoding.get_offsets().to_vec(),
+            special: encoding.get_special_tokens_mask().iter().map(|&m| m == 1).collect(),
+            word_ids: encoding.get_word_ids().to_vec(),
+            sequence_ids: encoding.get_sequence_ids(),
+            input_tokens,
+            truncated: input_tokens > encoding.len(),
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.ids.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.ids.is_empty()
+    }
+}
+
+/// A model's tokenizer and the facts about it the tasks need.
+#[derive(Clone)]
+pub struct TextTokenizer {
+    inner: Tokenizer,
+    /// Longest input the model takes, special tokens included.
+    pub max_length: usize,
+    pub pad_id: u32,
+    pub mask: Option<(String, u32)>,
+    pub unk_id: Option<u32>,
+    pub cls_id: Option<u32>,
+    /// True when the tokenizer model marks word continuations (WordPiece's `##`), which is how
+    /// transformers decides whether token classification can fuse sub-words exactly.
+    pub word_aware: bool,
+}
+
+impl TextTokenizer {
+    /// Loads `dir/tokenizer.json`, with special tokens from tokenizer_config.json and
+    /// special_tokens_map.json. `model_positions` caps `max_length` at what the model can embed.
+    pub fn load(dir: &Path, model_positions: Option<usize>) -> Result<Self, TokenizeError> {
+        let path = dir.join("tokenizer.json");
+        let load_error = |reason: String| TokenizeError::Load { path: path.clone(), reason };
+        let mut inner = Tokenizer::from_file(&path).map_err(|e| load_error(e.to_string()))?;
+        inner.with_padding(None);
+        inner.with_truncation(None).map_err(|e| load_error(e.to_string()))?;
+        let json: serde_json::Value = std::fs::read_to_string(&path)
+            .ok()
+            .and_then(|text| serde_json::from_str(&text).ok())
+            .unwrap_or_default();
+        let word_aware =
+            json["model"]["continuing_subword_prefix"].as_str().is_some_and(|p| !p.is_empty());
+
+        let config = read_json(&dir.join("tokenizer_config.json"));
+        let special_map = read_json(&dir.join("special_tokens_map.json"));
+        let special =
+            |name: &str| token_text(&config[name]).or_else(|| token_text(&special_map[name]));
+        let id_of =
+            |token: Option<String>| token.and_then(|t| inner.token_to_id(&t).map(|id| (t, id)));
+        let mask = id_of(special("mask_token"));
+        let pad_id = id_of(special("pad_token")).map_or(0, |(_, id)| id);
+        let unk_id = id_of(special("unk_token")).map(|(_, id)| id);
+        let cls_id = id_of(special("cls_token")).map(|(_, id)| id);
+
+        // transformers uses 1e30 for "no limit"; the model's positions are the real one.
+        let configured =
+            config["model_max_length"].as_f64().filter(|&n| n < 1e12).map(|n| n as usize);
+        let max_length = match (configured, model_positions) {
+            (Some(a), Some(b)) => a.min(b),
+            (Some(a), None) => a,
+            (None, Some(b)) => b,
+            (None, None) => 512,
+        };
+        Ok(Self { inner, max_length, pad_id, mask, unk_id, cls_id, word_aware })
+    }
+
+    /// Encodes `text` with special tokens. Longer than `max_length`: truncated when `truncate`,
+    /// else [`TokenizeError::TooLong`].
+    pub fn encode(&self, text: &str, truncate: bool) -> Result<Encoded, TokenizeError> {
+        if text.trim().is_empty() {
+            return Err(TokenizeError::Empty);
+        }
+        self.encode_input(EncodeInput::Single(text.into()), truncate)
+    }
+
+    /// Encodes a pair of texts (`[CLS] a [SEP] b [SEP]`), truncating the longest first.
+    pub fn encode_pair(&self, a: &str, b: &str, truncate: bool) -> Result<Encoded, TokenizeError> {
+        if a.trim().is_empty() || b.trim().is_empty() {
+            return Err(TokenizeError::Empty);
+        }
+        self.encode_input(EncodeInput::Dual(a.into(), b.into()), truncate)
+    }
+
+    fn encode_input(
+        &self,
+        input: EncodeInput<'_>,
+        truncate: bool,
+    ) -> Result<Encoded, TokenizeError> {
+        let full = self
+            .inner
+            .encode_char_offsets(input.clone(), true)
+            .map_err(|e| TokenizeError::Failed(e.to_string()))?;
+        let tokens = full.len();
+        if tokens <= self.max_length {
+            return Ok(Encoded::from_encoding(&full, tokens));
+        }
+        if !truncate {
+            return Err(TokenizeError::TooLong { tokens, limit: self.max_length });
+        }
+        let mut tokenizer = self.inner.clone();
+        tokenizer
+            .with_truncation(Some(TruncationParams {
+                direction: TruncationDirection::Right,
+                max_length: self.max_length,
+                strategy: TruncationStrategy::LongestFirst,
+                stride: 0,
+            }))
+            .map_err(|e| TokenizeError::Failed(e.to_string()))?;
+        let cut = tokenizer
+            .encode_char_offsets(input, true)
+            .map_err(|e| TokenizeError::Failed(e.to_string()))?;
+        Ok(Encoded::from_encoding(&cut, tokens))
+    }
+
+    /// Encodes (question, context) into overlapping windows of at most `max_length` tokens,
+    /// truncating only the context and overlapping by `stride` tokens, as transformers'
+    /// question-answering preprocessing does.
+    pub fn encode_pair_windows(
+        &self,
+        question: &str,
+        context: &str,
+        max_length: usize,
+        stride: usize,
+    ) -> Result<Vec<Encoded>, TokenizeError> {
+        if question.trim().is_empty() || context.trim().is_empty() {
+            return Err(TokenizeError::Empty);
+        }
+        let mut tokenizer = self.inner.clone();
+        tokenizer
+            .with_truncation(Some(TruncationParams {
+                direction: TruncationDirection::Right,
+                max_length,
+                strategy: TruncationStrategy::OnlySecond,
+                stride,
+            }))
+            .map_err(|e| TokenizeError::Failed(e.to_string()))?;
+        let total = self
+            .inner
+            .encode_char_offsets((question, context), true)
+            .map_err(|e| TokenizeError::Failed(e.to_string()))?
+            .len();
+        let mut main = tokenizer
+            .encode_char_offsets((question, context), true)
+            .map_err(|e| TokenizeError::Failed(e.to_string()))?;
+        let overflowing = main.take_overflowing();
+        let windows = 1 + overflowing.len();
+        let mut out = Vec::with_capacity(windows);
+        out.push(main);
+        out.extend(overflowing);
+        Ok(out
+            .iter()
+            .map(|e| {
+                let mut encoded = Encoded::from_encoding(e, e.len());
+                encoded.truncated = windows > 1;
+                encoded.input_tokens = total;
+                encoded
+            })
+            .collect())
+    }
+
+    pub fn decode(&self, ids: &[u32], skip_special_tokens: bool) -> Result<String, TokenizeError> {
+        self.inner
+            .decode(ids, skip_special_tokens)
+            .map_err(|e| TokenizeError::Failed(e.to_string()))
+    }
+
+    /// transformers' `convert_tokens_to_string` for a fast tokenizer: the tokenizer.json decoder
+    /// applied to token strings (WordPiece joins `##` pieces, byte-level BPE decodes bytes).
+    pub fn tokens_to_string(&self, tokens: &[&str]) -> String {
+        let owned: Vec<String> = tokens.iter().map(|t| t.to_string()).collect();
+        match self.inner.get_decoder() {
+            Some(decoder) => tokenizers::Decoder::decode(decoder, owned.clone())
+                .unwrap_or_else(|_| owned.join(" ")),
+            None => owned.join(" "),
+        }
+    }
+
+    pub fn id_to_token(&self, id: u32) -> Option<String> {
+        self.inner.id_to_token(id)
+    }
+
+    pub fn token_to_id(&self, token: &str) -> Option<u32> {
+        self.inner.token_to_id(token)
+    }
+
+    /// Encodes `text` without special tokens (fill-mask targets).
+    pub fn encode_plain(&self, text: &str) -> Result<Vec<u32>, TokenizeError> {
+        let encoding =
+            self.inner.encode(text, false).map_err(|e| TokenizeError::Failed(e.to_string()))?;
+        Ok(encoding.get_ids().to_vec())
+    }
+}
+
+fn read_json(path: &Path) -> serde_json::Value {
+    std::fs::read_to_string(path)
+        .ok()
+        .and_then(|text| serde_json::from_str(&text).ok())
+        .unwrap_or_default()
+}
+
+/// A special token is written either as a string or as `{"content": "..."}`.
+fn token_text(value: &serde_json::Value) -> Option<String> {
+    value.as_str().map(String::from).or_else(|| value["content"].as_str().map(String::from))
+}
