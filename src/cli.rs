@@ -9,8 +9,10 @@ use tracing::info;
 use crate::{
     device::{Placement, libtorch_version},
     server::{RunError, Server},
-    settings::{Settings, SettingsLoader},
-    shutdown, telemetry,
+    settings::{Settings, SettingsLoader, Task},
+    shutdown,
+    tasks::pipeline::BatchBudget,
+    telemetry,
 };
 
 #[derive(Debug, Parser)]
@@ -36,6 +38,32 @@ enum Command {
     Serve,
     /// Print the effective settings (defaults, file and environment merged) as TOML.
     Config,
+    /// Answer every line of a JSONL file with one model, offline.
+    Run(RunArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct RunArgs {
+    /// A Hugging Face model directory (config.json, *.safetensors, tokenizer.json).
+    #[arg(long, value_name = "DIR")]
+    model: PathBuf,
+    /// question-answering, fill-mask, text-classification, token-classification or
+    /// feature-extraction.
+    #[arg(long, value_parser = parse_task)]
+    task: Task,
+    /// JSONL input: {"id"?, "text"} or {"id"?, "question", "context"}, optional "params".
+    #[arg(long, value_name = "FILE")]
+    input: PathBuf,
+    /// JSONL output, one line per input line, in input order.
+    #[arg(long, value_name = "FILE")]
+    output: PathBuf,
+    /// A task parameter for every line (`top_k=3`); a line's own "params" win.
+    #[arg(long = "param", value_name = "KEY=VALUE")]
+    params: Vec<String>,
+}
+
+fn parse_task(text: &str) -> Result<Task, String> {
+    text.parse()
 }
 
 /// What went wrong, and which exit code it earns.
@@ -47,6 +75,10 @@ enum CliError {
     Start(#[from] crate::server::StartError),
     #[error(transparent)]
     Serve(#[from] crate::server::ServeError),
+    #[error(transparent)]
+    Run(#[from] crate::run::RunError),
+    #[error("{failed} of {total} lines failed; see their \"error\" fields in {output}")]
+    LinesFailed { failed: usize, total: usize, output: String },
     #[error("no command given: see `lote --help`")]
     Usage,
     #[error("cannot start the async runtime: {0}")]
@@ -57,7 +89,10 @@ impl CliError {
     fn exit_code(&self) -> ExitCode {
         match self {
             CliError::Settings(_) | CliError::Start(_) | CliError::Usage => ExitCode::from(2),
-            CliError::Serve(_) | CliError::Runtime(_) => ExitCode::from(1),
+            CliError::Run(_) => ExitCode::from(2),
+            CliError::Serve(_) | CliError::Runtime(_) | CliError::LinesFailed { .. } => {
+                ExitCode::from(1)
+            }
         }
     }
 }
@@ -97,6 +132,7 @@ fn execute(cli: Cli) -> Result<(), CliError> {
     };
     match command {
         Command::Serve => serve(loader.load()?),
+        Command::Run(args) => run_file(loader.load()?, &args),
         Command::Config => {
             let settings = loader.load()?;
             print!("{}", toml::to_string_pretty(&settings).expect("settings serialize to TOML"));
@@ -120,6 +156,45 @@ fn serve(settings: Settings) -> Result<(), CliError> {
         server.serve(shutdown).await?;
         Ok(())
     })
+}
+
+fn run_file(settings: Settings, args: &RunArgs) -> Result<(), CliError> {
+    telemetry::init(&settings.log);
+    let placement =
+        Placement::resolve(&settings.device).map_err(crate::server::StartError::from)?;
+    let budget = BatchBudget {
+        max_batch_size: settings.batching.max_batch_size,
+        max_batch_tokens: settings.batching.max_batch_tokens,
+    };
+    let started = std::time::Instant::now();
+    let summary = crate::run::run(&crate::run::RunRequest {
+        model: &args.model,
+        task: args.task,
+        input: &args.input,
+        output: &args.output,
+        params: &args.params,
+        placement,
+        budget,
+    })?;
+    let seconds = started.elapsed().as_secs_f64();
+    let stats = summary.batches;
+    info!(
+        succeeded = summary.succeeded,
+        failed = summary.failed,
+        seconds,
+        tokens_per_second = stats.real_tokens as f64 / seconds.max(1e-9),
+        padding_efficiency = stats.padding_efficiency(),
+        batches = stats.batches,
+        "run finished"
+    );
+    if summary.failed > 0 {
+        return Err(CliError::LinesFailed {
+            failed: summary.failed,
+            total: summary.failed + summary.succeeded,
+            output: args.output.display().to_string(),
+        });
+    }
+    Ok(())
 }
 
 /// `lote --version`: our version, libtorch's, and what `device.kind = "auto"` resolves to here.

@@ -10,9 +10,11 @@ pub mod device;
 pub mod grpc;
 pub mod metrics;
 pub mod models;
+pub mod run;
 pub mod server;
 pub mod settings;
 pub mod shutdown;
+pub mod tasks;
 pub mod telemetry;
 pub mod tokenize;
 

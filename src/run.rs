@@ -1,0 +1,252 @@
+//! `lote run`: offline inference over a JSONL file.
+//!
+//! Lines are read in windows, each window answered by the pipeline in length-sorted batches, and
+//! written back in input order, so memory stays bounded on any file size. A bad line (invalid
+//! JSON, a missing field, empty text, an unknown parameter) gets an `"error"` line of its own;
+//! every other line is answered as usual.
+
+use std::{
+    io::{BufRead, BufWriter, IsTerminal, Write},
+    path::{Path, PathBuf},
+};
+
+use serde_json::{Map, Value, json};
+
+use crate::{
+    device::Placement,
+    settings::Task,
+    tasks::{
+        EncoderPipeline, TaskError, TaskInput, TaskOutput, TaskResult,
+        pipeline::{BatchBudget, BatchStats, PipelineError, TaskParams},
+    },
+};
+
+/// Lines answered together; the pipeline sorts them by length and batches them.
+const WINDOW: usize = 512;
+
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("{}: {source}", path.display())]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("cannot load {}: {source}", path.display())]
+    Load { path: PathBuf, source: PipelineError },
+    #[error("bad --param `{0}`: expected key=value")]
+    BadParam(String),
+}
+
+/// What `lote run` was asked to do.
+pub struct RunRequest<'a> {
+    pub model: &'a Path,
+    pub task: Task,
+    pub input: &'a Path,
+    pub output: &'a Path,
+    /// `key=value` pairs; values are read as JSON when they parse, else as strings.
+    pub params: &'a [String],
+    pub placement: Placement,
+    pub budget: BatchBudget,
+}
+
+/// Counts of a finished run.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct RunSummary {
+    pub succeeded: usize,
+    pub failed: usize,
+    /// What the model computed, for throughput and padding figures.
+    pub batches: BatchStats,
+}
+
+pub fn run(request: &RunRequest<'_>) -> Result<RunSummary, RunError> {
+    let defaults = parse_cli_params(request.params)?;
+    let pipeline =
+        EncoderPipeline::load(request.model, request.task, &request.placement, request.budget)
+            .map_err(|source| RunError::Load { path: request.model.to_path_buf(), source })?;
+    let io_in = |source| RunError::Io { path: request.input.to_path_buf(), source };
+    let io_out = |source| RunError::Io { path: request.output.to_path_buf(), source };
+    let reader = std::io::BufReader::new(std::fs::File::open(request.input).map_err(io_in)?);
+    let mut writer = BufWriter::new(std::fs::File::create(request.output).map_err(io_out)?);
+    let progress = progress_bar(request.input);
+    let mut summary = RunSummary::default();
+    let mut window: Vec<(usize, String)> = Vec::with_capacity(WINDOW);
+    let mut lines = reader.lines().enumerate();
+    loop {
+        window.clear();
+        for (number, line) in lines.by_ref().take(WINDOW) {
+            window.push((number + 1, line.map_err(io_in)?));
+        }
+        if window.is_empty() {
+            break;
+        }
+        for line in answer_window(&pipeline, &defaults, &window, &mut summary) {
+            serde_json::to_writer(&mut writer, &line).map_err(|e| io_out(e.into()))?;
+            writer.write_all(b"\n").map_err(io_out)?;
+        }
+        if let Some(bar) = &progress {
+            bar.inc(window.len() as u64);
+        }
+    }
+    writer.flush().map_err(io_out)?;
+    if let Some(bar) = progress {
+        bar.finish_and_clear();
+    }
+    Ok(summary)
+}
+
+fn progress_bar(input: &Path) -> Option<indicatif::ProgressBar> {
+    if !std::io::stderr().is_terminal() {
+        return None;
+    }
+    let total = std::fs::read(input).map(|bytes| bytecount_lines(&bytes)).unwrap_or(0);
+    let bar = indicatif::ProgressBar::new(total as u64);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} lines {per_sec} eta {eta}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    Some(bar)
+}
+
+fn bytecount_lines(bytes: &[u8]) -> usize {
+    bytes.iter().filter(|&&b| b == b'\n').count()
+}
+
+/// `key=value` pairs into a JSON object.
+pub fn parse_cli_params(pairs: &[String]) -> Result<Map<String, Value>, RunError> {
+    let mut params = Map::new();
+    for pair in pairs {
+        let (key, value) = pair.split_once('=').ok_or_else(|| RunError::BadParam(pair.clone()))?;
+        if key.is_empty() {
+            return Err(RunError::BadParam(pair.clone()));
+        }
+        let value = serde_json::from_str(value).unwrap_or_else(|_| Value::String(value.into()));
+        params.insert(key.to_string(), value);
+    }
+    Ok(params)
+}
+
+/// One parsed line: its id and either its input and parameters or why it cannot be run.
+struct Line {
+    number: usize,
+    id: Option<Value>,
+    parsed: Result<(TaskInput, TaskParams), String>,
+}
+
+fn parse_line(
+    pipeline: &EncoderPipeline,
+    defaults: &Map<String, Value>,
+    number: usize,
+    text: &str,
+) -> Line {
+    let value: Value = match serde_json::from_str(text) {
+        Ok(value) => value,
+        Err(e) => return Line { number, id: None, parsed: Err(format!("invalid JSON: {e}")) },
+    };
+    let Value::Object(mut object) = value else {
+        return Line { number, id: None, parsed: Err("a line must be a JSON object".into()) };
+    };
+    let id = object.remove("id");
+    let parsed = (|| {
+        let mut params = defaults.clone();
+        match object.remove("params") {
+            Some(Value::Object(overrides)) => params.extend(overrides),
+            Some(Value::Null) | None => {}
+            Some(_) => return Err("`params` must be an object".to_string()),
+        }
+        let input = input_of(pipeline.task, object)?;
+        let params = pipeline.parse_params(&Value::Object(params)).map_err(|e| e.to_string())?;
+        Ok((input, params))
+    })();
+    Line { number, id, parsed }
+}
+
+/// The task's input fields; anything else on the line is an error, not silently ignored.
+fn input_of(task: Task, mut object: Map<String, Value>) -> Result<TaskInput, String> {
+    let mut take = |field: &str| -> Result<String, String> {
+        match object.remove(field) {
+            Some(Value::String(text)) => Ok(text),
+            Some(_) => Err(format!("`{field}` must be a string")),
+            None => Err(format!("missing field `{field}`")),
+        }
+    };
+    let input = match task {
+        Task::QuestionAnswering => {
+            TaskInput::QuestionContext { question: take("question")?, context: take("context")? }
+        }
+        _ => TaskInput::Text { text: take("text")? },
+    };
+    if let Some(unknown) = object.keys().next() {
+        return Err(format!("unknown field `{unknown}`"));
+    }
+    Ok(input)
+}
+
+fn answer_window(
+    pipeline: &EncoderPipeline,
+    defaults: &Map<String, Value>,
+    window: &[(usize, String)],
+    summary: &mut RunSummary,
+) -> Vec<Value> {
+    let lines: Vec<Line> =
+        window.iter().map(|(number, text)| parse_line(pipeline, defaults, *number, text)).collect();
+    let runnable: Vec<(TaskInput, TaskParams)> =
+        lines.iter().filter_map(|line| line.parsed.as_ref().ok().cloned()).collect();
+    let mut results = pipeline.run(&runnable, &mut summary.batches).into_iter();
+    lines
+        .into_iter()
+        .map(|line| {
+            let result: Result<TaskResult, String> = match line.parsed {
+                Ok(_) => results
+                    .next()
+                    .expect("one result per runnable line")
+                    .map_err(|e: TaskError| e.to_string()),
+                Err(message) => Err(message),
+            };
+            let mut out = Map::new();
+            if let Some(id) = line.id {
+                out.insert("id".into(), id);
+            }
+            out.insert("line".into(), json!(line.number));
+            match result {
+                Ok(result) => {
+                    summary.succeeded += 1;
+                    out.extend(result_fields(&result));
+                    out.insert("model".into(), json!(pipeline.identity));
+                }
+                Err(message) => {
+                    summary.failed += 1;
+                    out.insert("error".into(), Value::String(message));
+                }
+            }
+            Value::Object(out)
+        })
+        .collect()
+}
+
+/// The result's fields as the output line names them: `answers`, `predictions`, `labels`,
+/// `entities` (keyed `entity` per token, `entity_group` when aggregated, as transformers does),
+/// `embedding`, plus `input_tokens` and `truncated`.
+pub fn result_fields(result: &TaskResult) -> Map<String, Value> {
+    let mut out = Map::new();
+    let (key, value) = match &result.output {
+        TaskOutput::Answers(answers) => ("answers", json!(answers)),
+        TaskOutput::Predictions(predictions) => ("predictions", json!(predictions)),
+        TaskOutput::Labels(labels) => ("labels", json!(labels)),
+        TaskOutput::Embedding(embedding) => ("embedding", json!(embedding)),
+        TaskOutput::Entities(entities) => (
+            "entities",
+            Value::Array(
+                entities
+                    .iter()
+                    .map(|e| match e.index {
+                        Some(index) => json!({"entity": e.label, "score": e.score, "index": index,
+                            "word": e.word, "start": e.start, "end": e.end}),
+                        None => json!({"entity_group": e.label, "score": e.score,
+                            "word": e.word, "start": e.start, "end": e.end}),
+                    })
+                    .collect(),
+            ),
+        ),
+    };
+    out.insert(key.into(), value);
+    out.insert("input_tokens".into(), json!(result.input_tokens));
+    out.insert("truncated".into(), json!(result.truncated));
+    out
+}

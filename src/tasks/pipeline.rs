@@ -1,0 +1,431 @@
+//! One model directory serving one encoder task: tokenizer, model, pooling and the task's steps,
+//! run over many inputs at once. Rows (one per input, or one per window for long QA contexts) are
+//! sorted by length and cut into batches under a token budget that counts padding, so mixed
+//! lengths waste little compute; every row's numbers come back as plain vectors.
+
+use std::path::Path;
+
+use serde::Serialize;
+use tch::{Device, Kind, Tensor};
+
+use super::{
+    Embedding, TaskError, TaskInput, TaskOutput, TaskResult, classify, embed, fill_mask,
+    question_answering, token_classification,
+};
+use crate::{
+    device::Placement,
+    models::{EncoderInput, HeadKind, LoadedEncoder, ModelError, load_encoder},
+    settings::Task,
+    tokenize::{Encoded, TextTokenizer, TokenizeError},
+};
+
+/// Which model answered: the directory's name and the weights' sha256.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ModelIdentity {
+    pub name: String,
+    pub sha256: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PipelineError {
+    #[error(transparent)]
+    Model(#[from] ModelError),
+    #[error(transparent)]
+    Tokenizer(#[from] TokenizeError),
+    #[error("{0}")]
+    Task(#[from] TaskError),
+    #[error("task `{task}` needs a {needed} checkpoint; this one is {found:?} ({class})")]
+    WrongHead { task: Task, needed: &'static str, found: HeadKind, class: String },
+    #[error("task `{0}` is not an encoder task")]
+    NotEncoderTask(Task),
+}
+
+/// A task's parameters, parsed and checked.
+#[derive(Debug, Clone)]
+pub enum TaskParams {
+    QuestionAnswering(question_answering::QaParams),
+    FillMask(fill_mask::FillMaskParams),
+    TextClassification(classify::ClassifyParams),
+    TokenClassification(token_classification::NerParams),
+    FeatureExtraction(embed::EmbedParams),
+}
+
+/// Tokens the model saw: real ones and all computed (padding included).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct BatchStats {
+    pub batches: usize,
+    pub rows: usize,
+    pub real_tokens: usize,
+    pub computed_tokens: usize,
+}
+
+impl BatchStats {
+    /// Real tokens over computed ones: 1.0 means no padding at all.
+    pub fn padding_efficiency(&self) -> f64 {
+        if self.computed_tokens == 0 {
+            1.0
+        } else {
+            self.real_tokens as f64 / self.computed_tokens as f64
+        }
+    }
+}
+
+/// Batch budget: rows per batch and tokens per batch, padding counted.
+#[derive(Debug, Clone, Copy)]
+pub struct BatchBudget {
+    pub max_batch_size: usize,
+    pub max_batch_tokens: usize,
+}
+
+pub struct EncoderPipeline {
+    pub task: Task,
+    pub identity: ModelIdentity,
+    pub tokenizer: TextTokenizer,
+    encoder: LoadedEncoder,
+    pooling: embed::PoolingConfig,
+    device: Device,
+    token_types: bool,
+    pub budget: BatchBudget,
+}
+
+/// What a prepared input asks of the model.
+enum Prepared {
+    Qa(question_answering::Prepared),
+    FillMask(fill_mask::Prepared),
+    Single(Encoded),
+}
+
+impl Prepared {
+    fn rows(&self) -> Vec<&Encoded> {
+        match self {
+            Prepared::Qa(p) => p.windows.iter().collect(),
+            Prepared::FillMask(p) => vec![&p.encoded],
+            Prepared::Single(e) => vec![e],
+        }
+    }
+}
+
+/// One row's numbers: `rows x cols`, row-major.
+#[derive(Debug, Clone, Default)]
+struct RowOutput {
+    cols: usize,
+    values: Vec<f32>,
+}
+
+impl RowOutput {
+    fn from_tensor(tensor: &Tensor) -> Result<Self, TaskError> {
+        let tensor = tensor.to_kind(Kind::Float).to_device(Device::Cpu).contiguous();
+        let cols = *tensor.size().last().unwrap_or(&1) as usize;
+        let values =
+            Vec::<f32>::try_from(tensor.view(-1)).map_err(|e| TaskError::Model(e.to_string()))?;
+        Ok(Self { cols, values })
+    }
+
+    fn matrix(&self) -> Vec<Vec<f32>> {
+        self.values.chunks(self.cols.max(1)).map(<[f32]>::to_vec).collect()
+    }
+}
+
+impl EncoderPipeline {
+    pub fn load(
+        dir: &Path,
+        task: Task,
+        placement: &Placement,
+        budget: BatchBudget,
+    ) -> Result<Self, PipelineError> {
+        let encoder = load_encoder(dir, placement)?;
+        let positions = encoder.config.max_position_embeddings.map(|n| {
+            // RoBERTa's positions start after padding_idx, so two rows are never used.
+            let offset = if encoder.config.model_type == "roberta" {
+                encoder.config.pad_token_id.unwrap_or(1) + 1
+            } else {
+                0
+            };
+            (n - offset).max(0) as usize
+        });
+        let pooling = embed::PoolingConfig::read(dir)?;
+        let cap = match (positions, pooling.max_seq_length) {
+            (Some(p), Some(s)) => Some(p.min(s)),
+            (p, s) => p.or(s),
+        };
+        let tokenizer = TextTokenizer::load(dir, cap)?;
+        let head = encoder.model.head().kind();
+        let needed = match task {
+            Task::QuestionAnswering => Some((HeadKind::QuestionAnswering, "*ForQuestionAnswering")),
+            Task::FillMask => Some((HeadKind::MaskedLm, "*ForMaskedLM")),
+            Task::TextClassification => {
+                Some((HeadKind::SequenceClassification, "*ForSequenceClassification"))
+            }
+            Task::TokenClassification => {
+                Some((HeadKind::TokenClassification, "*ForTokenClassification"))
+            }
+            Task::FeatureExtraction => None,
+            Task::Summarization | Task::TextGeneration => {
+                return Err(PipelineError::NotEncoderTask(task));
+            }
+        };
+        if let Some((kind, name)) = needed
+            && kind != head
+        {
+            let class = encoder.config.architectures.first().cloned().unwrap_or_default();
+            return Err(PipelineError::WrongHead { task, needed: name, found: head, class });
+        }
+        let name = dir
+            .canonicalize()
+            .ok()
+            .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+            .unwrap_or_else(|| dir.display().to_string());
+        let token_types =
+            matches!(encoder.config.model_type.as_str(), "bert" | "albert" | "electra");
+        Ok(Self {
+            task,
+            identity: ModelIdentity { name, sha256: encoder.sha256.clone() },
+            tokenizer,
+            encoder,
+            pooling,
+            device: placement.device,
+            token_types,
+            budget,
+        })
+    }
+
+    /// Parses a task's parameters from a JSON object; unknown names are errors.
+    pub fn parse_params(&self, params: &serde_json::Value) -> Result<TaskParams, TaskError> {
+        let params = if params.is_null() { serde_json::json!({}) } else { params.clone() };
+        let invalid = |e: serde_json::Error| TaskError::Invalid(format!("bad params: {e}"));
+        Ok(match self.task {
+            Task::QuestionAnswering => {
+                TaskParams::QuestionAnswering(serde_json::from_value(params).map_err(invalid)?)
+            }
+            Task::FillMask => {
+                TaskParams::FillMask(serde_json::from_value(params).map_err(invalid)?)
+            }
+            Task::TextClassification => {
+                TaskParams::TextClassification(serde_json::from_value(params).map_err(invalid)?)
+            }
+            Task::TokenClassification => {
+                TaskParams::TokenClassification(serde_json::from_value(params).map_err(invalid)?)
+            }
+            Task::FeatureExtraction => {
+                TaskParams::FeatureExtraction(serde_json::from_value(params).map_err(invalid)?)
+            }
+            Task::Summarization | Task::TextGeneration => {
+                return Err(TaskError::Unsupported(format!("task {}", self.task)));
+            }
+        })
+    }
+
+    /// Answers every input; each gets its own result or error, in input order.
+    pub fn run(
+        &self,
+        items: &[(TaskInput, TaskParams)],
+        stats: &mut BatchStats,
+    ) -> Vec<Result<TaskResult, TaskError>> {
+        let prepared: Vec<Result<Prepared, TaskError>> =
+            items.iter().map(|(input, params)| self.prepare(input, params)).collect();
+        let mut rows: Vec<(usize, usize, &Encoded)> = Vec::new();
+        for (item, prepared) in prepared.iter().enumerate() {
+            if let Ok(prepared) = prepared {
+                for (window, encoded) in prepared.rows().into_iter().enumerate() {
+                    rows.push((item, window, encoded));
+                }
+            }
+        }
+        rows.sort_by_key(|(_, _, encoded)| encoded.len());
+        let mut outputs: Vec<Vec<Result<RowOutput, TaskError>>> = prepared
+            .iter()
+            .map(|p| p.as_ref().map_or(0, |p| p.rows().len()))
+            .map(|n| vec![Ok(RowOutput::default()); n])
+            .collect();
+        for batch in self.batches(&rows) {
+            let width = batch.iter().map(|(_, _, e)| e.len()).max().unwrap_or(0);
+            stats.batches += 1;
+            stats.rows += batch.len();
+            stats.real_tokens += batch.iter().map(|(_, _, e)| e.len()).sum::<usize>();
+            stats.computed_tokens += width * batch.len();
+            let results = self.forward(&batch, &prepared, items);
+            for ((item, window, _), result) in batch.iter().zip(results) {
+                outputs[*item][*window] = result;
+            }
+        }
+        prepared
+            .into_iter()
+            .zip(outputs)
+            .zip(items)
+            .map(|((prepared, rows), (input, params))| {
+                let rows: Vec<RowOutput> = rows.into_iter().collect::<Result<_, _>>()?;
+                self.finish(input, params, &prepared?, rows)
+            })
+            .collect()
+    }
+
+    /// Cuts length-sorted rows into batches within the budget.
+    fn batches<'a>(
+        &self,
+        rows: &[(usize, usize, &'a Encoded)],
+    ) -> Vec<Vec<(usize, usize, &'a Encoded)>> {
+        let mut batches = Vec::new();
+        let mut current: Vec<(usize, usize, &Encoded)> = Vec::new();
+        for &row in rows {
+            let width = row.2.len();
+            let tokens_if_added = (current.len() + 1) * width;
+            if !current.is_empty()
+                && (current.len() >= self.budget.max_batch_size
+                    || tokens_if_added > self.budget.max_batch_tokens)
+            {
+                batches.push(std::mem::take(&mut current));
+            }
+            current.push(row);
+        }
+        if !current.is_empty() {
+            batches.push(current);
+        }
+        batches
+    }
+
+    fn prepare(&self, input: &TaskInput, params: &TaskParams) -> Result<Prepared, TaskError> {
+        let tokenizer = &self.tokenizer;
+        match (params, input) {
+            (
+                TaskParams::QuestionAnswering(p),
+                TaskInput::QuestionContext { question, context },
+            ) => Ok(Prepared::Qa(question_answering::prepare(tokenizer, question, context, p)?)),
+            (TaskParams::QuestionAnswering(_), TaskInput::Text { .. }) => {
+                Err(TaskError::Invalid("question-answering needs `question` and `context`".into()))
+            }
+            (_, TaskInput::QuestionContext { .. }) => {
+                Err(TaskError::Invalid(format!("{} needs `text`", self.task)))
+            }
+            (TaskParams::FillMask(p), TaskInput::Text { text }) => {
+                Ok(Prepared::FillMask(fill_mask::prepare(tokenizer, text, p)?))
+            }
+            (TaskParams::TextClassification(p), TaskInput::Text { text }) => {
+                Ok(Prepared::Single(tokenizer.encode(text, p.truncation)?))
+            }
+            (TaskParams::TokenClassification(p), TaskInput::Text { text }) => {
+                Ok(Prepared::Single(token_classification::prepare(tokenizer, text, p)?))
+            }
+            (TaskParams::FeatureExtraction(p), TaskInput::Text { text }) => {
+                Ok(Prepared::Single(tokenizer.encode(text, p.truncate)?))
+            }
+        }
+    }
+
+    /// Runs one batch and extracts each row's numbers.
+    fn forward(
+        &self,
+        batch: &[(usize, usize, &Encoded)],
+        prepared: &[Result<Prepared, TaskError>],
+        items: &[(TaskInput, TaskParams)],
+    ) -> Vec<Result<RowOutput, TaskError>> {
+        let ids: Vec<&[u32]> = batch.iter().map(|(_, _, e)| e.ids.as_slice()).collect();
+        let types: Vec<&[u32]> = batch.iter().map(|(_, _, e)| e.type_ids.as_slice()).collect();
+        let input = EncoderInput::from_rows(
+            &ids,
+            self.token_types.then_some(types.as_slice()),
+            self.tokenizer.pad_id,
+            self.device,
+        );
+        let model = &self.encoder.model;
+        // Embeddings pool per row (rows of one batch may ask for different pooling).
+        let output = match self.task {
+            Task::FeatureExtraction => model.encode(&input),
+            _ => model.forward(&input),
+        };
+        batch
+            .iter()
+            .enumerate()
+            .map(|(b, (item, _, encoded))| {
+                let row = output.get(b as i64);
+                let len = encoded.len() as i64;
+                let tensor = match (&self.task, &prepared[*item]) {
+                    (Task::FillMask, Ok(Prepared::FillMask(p))) => {
+                        let positions: Vec<i64> =
+                            p.mask_positions.iter().map(|&i| i as i64).collect();
+                        row.index_select(0, &Tensor::from_slice(&positions).to_device(self.device))
+                            .softmax(-1, Kind::Float)
+                    }
+                    (Task::TextClassification, _) => row,
+                    (Task::FeatureExtraction, _) => {
+                        let TaskParams::FeatureExtraction(params) = &items[*item].1 else {
+                            unreachable!("feature-extraction rows carry embed params")
+                        };
+                        let pooling = self.pooling.with_params(params);
+                        let hidden = row.narrow(0, 0, len).unsqueeze(0);
+                        let mask = Tensor::ones([1, len], (Kind::Int64, self.device));
+                        pooling.apply(&hidden, &mask).squeeze_dim(0)
+                    }
+                    _ => row.narrow(0, 0, len),
+                };
+                RowOutput::from_tensor(&tensor)
+            })
+            .collect()
+    }
+
+    fn finish(
+        &self,
+        input: &TaskInput,
+        params: &TaskParams,
+        prepared: &Prepared,
+        rows: Vec<RowOutput>,
+    ) -> Result<TaskResult, TaskError> {
+        let tokenizer = &self.tokenizer;
+        let first = &prepared.rows()[0];
+        let (input_tokens, truncated) = (first.input_tokens, first.truncated);
+        let output = match (params, prepared, input) {
+            (
+                TaskParams::QuestionAnswering(p),
+                Prepared::Qa(qa),
+                TaskInput::QuestionContext { context, .. },
+            ) => {
+                let logits: Vec<(Vec<f32>, Vec<f32>)> = rows
+                    .iter()
+                    .map(|row| {
+                        let m = row.matrix();
+                        (m.iter().map(|r| r[0]).collect(), m.iter().map(|r| r[1]).collect())
+                    })
+                    .collect();
+                TaskOutput::Answers(question_answering::finish(context, qa, &logits, p)?)
+            }
+            (TaskParams::FillMask(p), Prepared::FillMask(fm), _) => {
+                TaskOutput::Predictions(fill_mask::finish(tokenizer, fm, &rows[0].matrix(), p)?)
+            }
+            (TaskParams::TextClassification(p), _, _) => {
+                let function = p.function_to_apply.unwrap_or_else(|| {
+                    classify::default_function(
+                        self.encoder.config.problem_type.as_deref(),
+                        self.encoder.labels.len(),
+                    )
+                });
+                TaskOutput::Labels(classify::finish(
+                    &rows[0].values,
+                    &self.encoder.labels,
+                    function,
+                    p.top_k,
+                )?)
+            }
+            (
+                TaskParams::TokenClassification(p),
+                Prepared::Single(encoded),
+                TaskInput::Text { text },
+            ) => TaskOutput::Entities(token_classification::finish(
+                tokenizer,
+                text,
+                encoded,
+                rows[0].matrix(),
+                &self.encoder.labels,
+                p,
+            )?),
+            (TaskParams::FeatureExtraction(p), _, _) => {
+                let pooled = self.pooling.with_params(p).pools();
+                TaskOutput::Embedding(if pooled {
+                    Embedding::Pooled(rows[0].values.clone())
+                } else {
+                    Embedding::PerToken(rows[0].matrix())
+                })
+            }
+            _ => unreachable!("prepare matched params to input"),
+        };
+        Ok(TaskResult { output, input_tokens, truncated })
+    }
+}
