@@ -44,7 +44,7 @@ fn cpu() -> Placement {
 }
 
 fn rows(value: &Value) -> Vec<Vec<u32>> {
-    value.as_array().unwrap().iter().map(|row| ids(row)).collect()
+    value.as_array().unwrap().iter().map(ids).collect()
 }
 
 fn ids(value: &Value) -> Vec<u32> {
@@ -133,7 +133,7 @@ fn logits_match_transformers_alone_and_in_a_padded_batch() {
             let per_token = ours_row.dim() >= 2;
             let ours_row =
                 if per_token { ours_row.narrow(0, 0, alone.size()[0]) } else { ours_row };
-            let diff = max_diff(&ours_row, &alone);
+            let diff = max_diff(&ours_row, alone);
             assert!(diff < 1e-5, "{name} row {row}: batch vs alone max |diff| {diff}");
         }
     }

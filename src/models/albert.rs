@@ -77,7 +77,7 @@ impl Albert {
             )));
         }
         if cfg.num_hidden_groups == 0
-            || cfg.num_hidden_layers % cfg.num_hidden_groups != 0
+            || !cfg.num_hidden_layers.is_multiple_of(cfg.num_hidden_groups)
             || cfg.hidden_size % cfg.num_attention_heads != 0
         {
             return Err(ModelError::Config(
