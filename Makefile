@@ -10,7 +10,9 @@ export LOTE_VENV := $(VENV)
 CARGO ?= cargo
 CONFIG ?= config/default.toml
 
-.PHONY: setup build release run test fmt lint clean
+FIXTURES := tests/fixtures/models
+
+.PHONY: setup build release run test fixtures fmt lint clean
 
 setup:
 	@scripts/setup
@@ -25,8 +27,18 @@ release: setup
 run: release
 	$(CARGO) run --release -- --config $(CONFIG) serve
 
+## Tiny random models and transformers' reference outputs for the parity tests (seeded,
+## byte-identical on every run), plus the real all-MiniLM-L6-v2 reference embeddings.
+fixtures: setup $(FIXTURES)/.stamp
+
+$(FIXTURES)/.stamp: tests/fixtures/make_models.py tests/fixtures/make_minilm_reference.py scripts/requirements.txt
+	rm -rf $(FIXTURES).tmp
+	$(VENV)/bin/python tests/fixtures/make_models.py $(FIXTURES).tmp
+	$(VENV)/bin/python tests/fixtures/make_minilm_reference.py $(FIXTURES).tmp
+	rm -rf $(FIXTURES) && mv $(FIXTURES).tmp $(FIXTURES) && touch $@
+
 ## The whole suite: formatting, lints, unit and integration tests.
-test: setup
+test: setup fixtures
 	$(CARGO) fmt --check
 	$(CARGO) clippy --all-targets -- -D warnings
 	$(CARGO) test --all-targets

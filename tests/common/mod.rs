@@ -139,6 +139,11 @@ pub fn fixture_model(name: &str) -> std::path::PathBuf {
 }
 
 pub fn read_reference(dir: &std::path::Path) -> serde_json::Value {
-    let text = std::fs::read_to_string(dir.join("reference.json")).expect("reference.json");
-    serde_json::from_str(&text).expect("reference.json is JSON")
+    read_json(&dir.join("reference.json"))
+}
+
+pub fn read_json(path: &std::path::Path) -> serde_json::Value {
+    let text = std::fs::read_to_string(path)
+        .unwrap_or_else(|e| panic!("{}: {e} (run `make fixtures`)", path.display()));
+    serde_json::from_str(&text).expect("fixture is JSON")
 }
