@@ -7,6 +7,7 @@
 
 pub mod cli;
 pub mod device;
+pub mod generation;
 pub mod grpc;
 pub mod metrics;
 pub mod models;

@@ -6,12 +6,18 @@
 //! the key or the tensor at fault.
 
 pub mod albert;
+pub mod bart;
 pub mod bert;
 pub mod distilbert;
 pub mod electra;
+pub mod generative;
+pub mod gpt2;
 pub mod heads;
+pub mod kv_cache;
 pub mod layers;
 pub mod roberta;
+pub mod seq2seq;
+pub mod t5;
 pub mod weights;
 
 use std::{
@@ -44,6 +50,8 @@ pub enum ModelError {
              *Model checkpoints"
     )]
     UnsupportedHead { found: String },
+    #[error("model_type `{found}` cannot generate; supported: {}", generative::SUPPORTED_GENERATIVE_TYPES.join(", "))]
+    UnsupportedGenerativeType { found: String },
     #[error("unsupported configuration: {0}")]
     Unsupported(String),
     #[error(transparent)]

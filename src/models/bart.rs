@@ -1,0 +1,318 @@
+//! BART (Lewis et al., 2019, <https://arxiv.org/abs/1910.13461>) and mBART, as transformers'
+//! `models/bart` and `models/mbart` compute them: learned positions offset by 2, optional
+//! sqrt(d_model) embedding scale, `layernorm_embedding`; BART's layers are post-LayerNorm,
+//! mBART's pre-LayerNorm with a final `layer_norm` per stack. The LM head is tied to the shared
+//! embeddings and adds `final_logits_bias`. DistilBART-CNN is a BART config.
+
+use serde::Deserialize;
+use tch::{Kind, Tensor};
+
+use super::{
+    ModelError,
+    kv_cache::KvCache,
+    layers::{Activation, LayerNorm, Linear},
+    seq2seq::{DecoderCache, Seq2Seq, causal_bias, padding_bias},
+    weights::{Weights, WeightsError},
+};
+
+const EPS: f64 = 1e-5;
+const POSITION_OFFSET: i64 = 2;
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct BartConfig {
+    pub vocab_size: i64,
+    pub d_model: i64,
+    pub encoder_layers: usize,
+    pub decoder_layers: usize,
+    pub encoder_attention_heads: i64,
+    pub decoder_attention_heads: i64,
+    pub encoder_ffn_dim: i64,
+    pub decoder_ffn_dim: i64,
+    #[serde(default = "gelu")]
+    pub activation_function: Activation,
+    pub max_position_embeddings: i64,
+    #[serde(default)]
+    pub scale_embedding: bool,
+}
+
+fn gelu() -> Activation {
+    Activation::Gelu
+}
+
+struct Attention {
+    q: Linear,
+    k: Linear,
+    v: Linear,
+    out: Linear,
+    heads: i64,
+}
+
+impl Attention {
+    fn load(w: &Weights, at: &str, d: i64, heads: i64) -> Result<Self, WeightsError> {
+        Ok(Self {
+            q: Linear::load(w, &format!("{at}.q_proj"), d, d)?,
+            k: Linear::load(w, &format!("{at}.k_proj"), d, d)?,
+            v: Linear::load(w, &format!("{at}.v_proj"), d, d)?,
+            out: Linear::load(w, &format!("{at}.out_proj"), d, d)?,
+            heads,
+        })
+    }
+
+    fn split(&self, x: &Tensor) -> Tensor {
+        let (b, n, d) = x.size3().expect("[batch, seq, hidden]");
+        x.view([b, n, self.heads, d / self.heads]).transpose(1, 2)
+    }
+
+    /// Attention of `x` over `keys`/`values` `[batch, heads, keys, head_dim]` with additive `bias`.
+    fn attend(&self, x: &Tensor, keys: &Tensor, values: &Tensor, bias: &Tensor) -> Tensor {
+        let (b, n, d) = x.size3().expect("[batch, seq, hidden]");
+        let scaling = ((d / self.heads) as f64).powf(-0.5);
+        let q = self.split(&self.q.forward(x));
+        let scores = q.matmul(&keys.transpose(2, 3)) * scaling + bias;
+        let probs = scores.softmax(-1, scores.kind());
+        self.out.forward(&probs.matmul(values).transpose(1, 2).contiguous().view([b, n, d]))
+    }
+
+    fn self_attend(
+        &self,
+        x: &Tensor,
+        bias: &Tensor,
+        cache: Option<(&mut KvCache, usize)>,
+    ) -> Tensor {
+        let (k, v) = (self.split(&self.k.forward(x)), self.split(&self.v.forward(x)));
+        let (k, v) = match cache {
+            Some((cache, layer)) => cache.append(layer, k, v),
+            None => (k, v),
+        };
+        self.attend(x, &k, &v, bias)
+    }
+}
+
+struct Layer {
+    self_attn: Attention,
+    self_attn_layer_norm: LayerNorm,
+    cross: Option<(Attention, LayerNorm)>,
+    fc1: Linear,
+    fc2: Linear,
+    final_layer_norm: LayerNorm,
+}
+
+impl Layer {
+    fn load(
+        w: &Weights,
+        at: &str,
+        d: i64,
+        heads: i64,
+        ffn: i64,
+        decoder: bool,
+    ) -> Result<Self, WeightsError> {
+        let cross = if decoder {
+            Some((
+                Attention::load(w, &format!("{at}.encoder_attn"), d, heads)?,
+                LayerNorm::load(w, &format!("{at}.encoder_attn_layer_norm"), d, EPS)?,
+            ))
+        } else {
+            None
+        };
+        Ok(Self {
+            self_attn: Attention::load(w, &format!("{at}.self_attn"), d, heads)?,
+            self_attn_layer_norm: LayerNorm::load(
+                w,
+                &format!("{at}.self_attn_layer_norm"),
+                d,
+                EPS,
+            )?,
+            cross,
+            fc1: Linear::load(w, &format!("{at}.fc1"), d, ffn)?,
+            fc2: Linear::load(w, &format!("{at}.fc2"), ffn, d)?,
+            final_layer_norm: LayerNorm::load(w, &format!("{at}.final_layer_norm"), d, EPS)?,
+        })
+    }
+}
+
+struct Stack {
+    positions: Tensor,
+    layernorm_embedding: LayerNorm,
+    layers: Vec<Layer>,
+    /// mBART's final LayerNorm.
+    final_norm: Option<LayerNorm>,
+}
+
+impl Stack {
+    fn load(
+        w: &Weights,
+        at: &str,
+        cfg: &BartConfig,
+        decoder: bool,
+        pre_norm: bool,
+    ) -> Result<Self, WeightsError> {
+        let d = cfg.d_model;
+        let (count, heads, ffn) = if decoder {
+            (cfg.decoder_layers, cfg.decoder_attention_heads, cfg.decoder_ffn_dim)
+        } else {
+            (cfg.encoder_layers, cfg.encoder_attention_heads, cfg.encoder_ffn_dim)
+        };
+        Ok(Self {
+            positions: w.get(
+                &format!("{at}.embed_positions.weight"),
+                &[cfg.max_position_embeddings + POSITION_OFFSET, d],
+            )?,
+            layernorm_embedding: LayerNorm::load(w, &format!("{at}.layernorm_embedding"), d, EPS)?,
+            layers: (0..count)
+                .map(|i| Layer::load(w, &format!("{at}.layers.{i}"), d, heads, ffn, decoder))
+                .collect::<Result<_, _>>()?,
+            final_norm: if pre_norm {
+                Some(LayerNorm::load(w, &format!("{at}.layer_norm"), d, EPS)?)
+            } else {
+                None
+            },
+        })
+    }
+
+    fn embed(&self, bart: &Bart, ids: &Tensor, past: i64) -> Tensor {
+        let n = ids.size()[1];
+        let positions = Tensor::arange_start(
+            past + POSITION_OFFSET,
+            past + n + POSITION_OFFSET,
+            (Kind::Int64, ids.device()),
+        );
+        let tokens = Tensor::embedding(&bart.shared, ids, -1, false, false) * bart.embed_scale;
+        let x =
+            tokens + Tensor::embedding(&self.positions, &positions, -1, false, false).unsqueeze(0);
+        self.layernorm_embedding.forward(&x)
+    }
+}
+
+pub struct Bart {
+    shared: Tensor,
+    embed_scale: f64,
+    encoder: Stack,
+    decoder: Stack,
+    lm_head: Tensor,
+    final_logits_bias: Option<Tensor>,
+    activation: Activation,
+    pre_norm: bool,
+}
+
+impl Bart {
+    /// `pre_norm`: mBART's layer order.
+    pub fn load(w: &Weights, cfg: &BartConfig, pre_norm: bool) -> Result<Self, ModelError> {
+        if cfg.d_model % cfg.encoder_attention_heads != 0
+            || cfg.d_model % cfg.decoder_attention_heads != 0
+        {
+            return Err(ModelError::Config(
+                "d_model is not a multiple of the attention heads".into(),
+            ));
+        }
+        let shared = w.get("model.shared.weight", &[cfg.vocab_size, cfg.d_model])?;
+        let lm_head = w
+            .get_optional("lm_head.weight", &[cfg.vocab_size, cfg.d_model])?
+            .unwrap_or_else(|| shared.shallow_clone());
+        Ok(Self {
+            embed_scale: if cfg.scale_embedding { (cfg.d_model as f64).sqrt() } else { 1.0 },
+            encoder: Stack::load(w, "model.encoder", cfg, false, pre_norm)?,
+            decoder: Stack::load(w, "model.decoder", cfg, true, pre_norm)?,
+            final_logits_bias: w.get_optional("final_logits_bias", &[1, cfg.vocab_size])?,
+            lm_head,
+            shared,
+            activation: cfg.activation_function,
+            pre_norm,
+        })
+    }
+
+    /// One layer: attention(s) and feed-forward, each residual, normalised before (mBART) or
+    /// after (BART).
+    fn layer(
+        &self,
+        layer: &Layer,
+        x: Tensor,
+        self_bias: &Tensor,
+        cache: Option<(&mut DecoderCache, usize)>,
+        cross: Option<(&Tensor, &Tensor)>,
+    ) -> Tensor {
+        let norm_in = |norm: &LayerNorm, x: &Tensor| {
+            if self.pre_norm { norm.forward(x) } else { x.shallow_clone() }
+        };
+        let norm_out =
+            |norm: &LayerNorm, x: Tensor| if self.pre_norm { x } else { norm.forward(&x) };
+        let (mut self_cache, mut cross_cache) = match cache {
+            Some((cache, i)) => {
+                (Some((&mut cache.self_attention, i)), Some((&mut cache.cross_attention, i)))
+            }
+            None => (None, None),
+        };
+        let h = norm_in(&layer.self_attn_layer_norm, &x);
+        let mut x = norm_out(
+            &layer.self_attn_layer_norm,
+            &x + layer.self_attn.self_attend(&h, self_bias, self_cache.take()),
+        );
+        if let (Some((attention, norm)), Some((encoder_out, encoder_bias))) = (&layer.cross, cross)
+        {
+            let h = norm_in(norm, &x);
+            let (k, v) = match cross_cache.take() {
+                Some((cache, i)) => cache.get_or_insert(i, || {
+                    (
+                        attention.split(&attention.k.forward(encoder_out)),
+                        attention.split(&attention.v.forward(encoder_out)),
+                    )
+                }),
+                None => (
+                    attention.split(&attention.k.forward(encoder_out)),
+                    attention.split(&attention.v.forward(encoder_out)),
+                ),
+            };
+            x = norm_out(norm, &x + attention.attend(&h, &k, &v, encoder_bias));
+        }
+        let h = norm_in(&layer.final_layer_norm, &x);
+        let inner = self.activation.forward(&layer.fc1.forward(&h));
+        norm_out(&layer.final_layer_norm, &x + layer.fc2.forward(&inner))
+    }
+}
+
+impl Seq2Seq for Bart {
+    fn encode(&self, ids: &Tensor, mask: &Tensor) -> Tensor {
+        let mut x = self.encoder.embed(self, ids, 0);
+        let bias = padding_bias(mask, x.kind());
+        for layer in &self.encoder.layers {
+            x = self.layer(layer, x, &bias, None, None);
+        }
+        match &self.encoder.final_norm {
+            Some(norm) => norm.forward(&x),
+            None => x,
+        }
+    }
+
+    fn decode(
+        &self,
+        ids: &Tensor,
+        encoder_out: &Tensor,
+        encoder_mask: &Tensor,
+        cache: &mut DecoderCache,
+    ) -> Tensor {
+        let past = cache.self_attention.seq_len();
+        let mut x = self.decoder.embed(self, ids, past);
+        let self_bias = causal_bias(past, ids.size()[1], x.kind(), x.device());
+        let cross_bias = padding_bias(encoder_mask, x.kind());
+        for (i, layer) in self.decoder.layers.iter().enumerate() {
+            x = self.layer(
+                layer,
+                x,
+                &self_bias,
+                Some((cache, i)),
+                Some((encoder_out, &cross_bias)),
+            );
+        }
+        if let Some(norm) = &self.decoder.final_norm {
+            x = norm.forward(&x);
+        }
+        let logits = x.matmul(&self.lm_head.tr());
+        match &self.final_logits_bias {
+            Some(bias) => logits + bias,
+            None => logits,
+        }
+    }
+
+    fn decoder_layers(&self) -> usize {
+        self.decoder.layers.len()
+    }
+}

@@ -1,0 +1,339 @@
+//! T5 (Raffel et al., 2019, <https://arxiv.org/abs/1910.10683>), v1.0 and v1.1/Flan, as
+//! transformers' `models/t5/modeling_t5.py` computes it: RMS LayerNorm without bias (in fp32),
+//! unscaled attention with a relative position bias from bucketed distances (computed by the
+//! first layer of each stack, shared by the others), ReLU or gated-GELU feed-forward, and an LM
+//! head that is either the shared embeddings with a `d_model ** -0.5` rescale or its own matrix.
+
+use serde::Deserialize;
+use tch::{Kind, Tensor};
+
+use super::{
+    ModelError,
+    layers::Activation,
+    seq2seq::{DecoderCache, Seq2Seq, causal_bias, padding_bias},
+    weights::{Weights, WeightsError},
+};
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct T5Config {
+    pub vocab_size: i64,
+    pub d_model: i64,
+    pub d_kv: i64,
+    pub d_ff: i64,
+    pub num_layers: usize,
+    #[serde(default)]
+    pub num_decoder_layers: Option<usize>,
+    pub num_heads: i64,
+    #[serde(default = "thirty_two")]
+    pub relative_attention_num_buckets: i64,
+    #[serde(default = "one_twenty_eight")]
+    pub relative_attention_max_distance: i64,
+    #[serde(default = "eps")]
+    pub layer_norm_epsilon: f64,
+    #[serde(default = "relu")]
+    pub feed_forward_proj: String,
+    #[serde(default = "yes")]
+    pub tie_word_embeddings: bool,
+}
+
+fn thirty_two() -> i64 {
+    32
+}
+fn one_twenty_eight() -> i64 {
+    128
+}
+fn eps() -> f64 {
+    1e-6
+}
+fn relu() -> String {
+    "relu".into()
+}
+fn yes() -> bool {
+    true
+}
+
+/// T5's LayerNorm: scale only, no mean subtraction, variance in fp32.
+struct RmsNorm {
+    weight: Tensor,
+    eps: f64,
+}
+
+impl RmsNorm {
+    fn load(w: &Weights, name: &str, d: i64, eps: f64) -> Result<Self, WeightsError> {
+        Ok(Self { weight: w.get(&format!("{name}.weight"), &[d])?, eps })
+    }
+
+    fn forward(&self, x: &Tensor) -> Tensor {
+        let variance = x.to_kind(Kind::Float).pow_tensor_scalar(2).mean_dim(
+            [-1i64].as_slice(),
+            true,
+            Kind::Float,
+        );
+        let normed = x * (variance + self.eps).rsqrt();
+        &self.weight * normed.to_kind(self.weight.kind())
+    }
+}
+
+struct Attention {
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    o: Tensor,
+    heads: i64,
+    d_kv: i64,
+}
+
+impl Attention {
+    fn load(w: &Weights, at: &str, cfg: &T5Config) -> Result<Self, WeightsError> {
+        let inner = cfg.num_heads * cfg.d_kv;
+        Ok(Self {
+            q: w.get(&format!("{at}.q.weight"), &[inner, cfg.d_model])?,
+            k: w.get(&format!("{at}.k.weight"), &[inner, cfg.d_model])?,
+            v: w.get(&format!("{at}.v.weight"), &[inner, cfg.d_model])?,
+            o: w.get(&format!("{at}.o.weight"), &[cfg.d_model, inner])?,
+            heads: cfg.num_heads,
+            d_kv: cfg.d_kv,
+        })
+    }
+
+    fn project(&self, weight: &Tensor, x: &Tensor) -> Tensor {
+        let (b, n, _) = x.size3().expect("[batch, seq, hidden]");
+        x.linear::<Tensor>(weight, None).view([b, n, self.heads, self.d_kv]).transpose(1, 2)
+    }
+
+    fn attend(&self, x: &Tensor, k: &Tensor, v: &Tensor, bias: &Tensor) -> Tensor {
+        let (b, n, _) = x.size3().expect("[batch, seq, hidden]");
+        let q = self.project(&self.q, x);
+        let scores = q.matmul(&k.transpose(3, 2)) + bias;
+        let probs = scores.to_kind(Kind::Float).softmax(-1, Kind::Float).to_kind(scores.kind());
+        let out = probs.matmul(v).transpose(1, 2).contiguous().view([b, n, self.heads * self.d_kv]);
+        out.linear::<Tensor>(&self.o, None)
+    }
+}
+
+enum FeedForward {
+    Dense { wi: Tensor, wo: Tensor, activation: Activation },
+    Gated { wi_0: Tensor, wi_1: Tensor, wo: Tensor, activation: Activation },
+}
+
+impl FeedForward {
+    fn load(w: &Weights, at: &str, cfg: &T5Config) -> Result<Self, ModelError> {
+        let (d, ff) = (cfg.d_model, cfg.d_ff);
+        let (gated, activation) = match cfg.feed_forward_proj.as_str() {
+            "relu" => (false, Activation::Relu),
+            "gelu" => (false, Activation::Gelu),
+            "gated-gelu" => (true, Activation::GeluTanh),
+            "gated-relu" => (true, Activation::Relu),
+            "gated-silu" => (true, Activation::Silu),
+            other => return Err(ModelError::Unsupported(format!("feed_forward_proj `{other}`"))),
+        };
+        let wo = w.get(&format!("{at}.wo.weight"), &[d, ff])?;
+        Ok(if gated {
+            FeedForward::Gated {
+                wi_0: w.get(&format!("{at}.wi_0.weight"), &[ff, d])?,
+                wi_1: w.get(&format!("{at}.wi_1.weight"), &[ff, d])?,
+                wo,
+                activation,
+            }
+        } else {
+            FeedForward::Dense { wi: w.get(&format!("{at}.wi.weight"), &[ff, d])?, wo, activation }
+        })
+    }
+
+    fn forward(&self, x: &Tensor) -> Tensor {
+        match self {
+            FeedForward::Dense { wi, wo, activation } => {
+                activation.forward(&x.linear::<Tensor>(wi, None)).linear::<Tensor>(wo, None)
+            }
+            FeedForward::Gated { wi_0, wi_1, wo, activation } => {
+                let gate = activation.forward(&x.linear::<Tensor>(wi_0, None));
+                (gate * x.linear::<Tensor>(wi_1, None)).linear::<Tensor>(wo, None)
+            }
+        }
+    }
+}
+
+struct Block {
+    self_norm: RmsNorm,
+    self_attention: Attention,
+    cross: Option<(RmsNorm, Attention)>,
+    ff_norm: RmsNorm,
+    ff: FeedForward,
+}
+
+struct Stack {
+    blocks: Vec<Block>,
+    relative_bias: Tensor,
+    final_norm: RmsNorm,
+    bidirectional: bool,
+}
+
+impl Stack {
+    fn load(w: &Weights, at: &str, cfg: &T5Config, decoder: bool) -> Result<Self, ModelError> {
+        let count =
+            if decoder { cfg.num_decoder_layers.unwrap_or(cfg.num_layers) } else { cfg.num_layers };
+        let eps = cfg.layer_norm_epsilon;
+        let blocks = (0..count)
+            .map(|i| {
+                let b = format!("{at}.block.{i}.layer");
+                let cross = if decoder {
+                    Some((
+                        RmsNorm::load(w, &format!("{b}.1.layer_norm"), cfg.d_model, eps)?,
+                        Attention::load(w, &format!("{b}.1.EncDecAttention"), cfg)?,
+                    ))
+                } else {
+                    None
+                };
+                let ff_at = if decoder { 2 } else { 1 };
+                Ok(Block {
+                    self_norm: RmsNorm::load(w, &format!("{b}.0.layer_norm"), cfg.d_model, eps)?,
+                    self_attention: Attention::load(w, &format!("{b}.0.SelfAttention"), cfg)?,
+                    cross,
+                    ff_norm: RmsNorm::load(
+                        w,
+                        &format!("{b}.{ff_at}.layer_norm"),
+                        cfg.d_model,
+                        eps,
+                    )?,
+                    ff: FeedForward::load(w, &format!("{b}.{ff_at}.DenseReluDense"), cfg)?,
+                })
+            })
+            .collect::<Result<_, ModelError>>()?;
+        Ok(Self {
+            blocks,
+            relative_bias: w.get(
+                &format!("{at}.block.0.layer.0.SelfAttention.relative_attention_bias.weight"),
+                &[cfg.relative_attention_num_buckets, cfg.num_heads],
+            )?,
+            final_norm: RmsNorm::load(w, &format!("{at}.final_layer_norm"), cfg.d_model, eps)?,
+            bidirectional: !decoder,
+        })
+    }
+
+    /// `[1, heads, queries, keys]` position bias for queries at `past..past+new`.
+    fn position_bias(&self, cfg: &T5Config, past: i64, new: i64, device: tch::Device) -> Tensor {
+        let context = Tensor::arange_start(past, past + new, (Kind::Int64, device)).unsqueeze(1);
+        let memory = Tensor::arange(past + new, (Kind::Int64, device)).unsqueeze(0);
+        let buckets = relative_position_bucket(
+            &(memory - context),
+            self.bidirectional,
+            cfg.relative_attention_num_buckets,
+            cfg.relative_attention_max_distance,
+        );
+        Tensor::embedding(&self.relative_bias, &buckets, -1, false, false)
+            .permute([2, 0, 1])
+            .unsqueeze(0)
+    }
+}
+
+/// transformers' `_relative_position_bucket`.
+fn relative_position_bucket(
+    relative: &Tensor,
+    bidirectional: bool,
+    buckets: i64,
+    max_distance: i64,
+) -> Tensor {
+    let (buckets, mut result, relative) = if bidirectional {
+        let half = buckets / 2;
+        (half, relative.gt(0).to_kind(Kind::Int64) * half, relative.abs())
+    } else {
+        (buckets, relative.zeros_like(), -relative.clamp_max(0))
+    };
+    let max_exact = buckets / 2;
+    let is_small = relative.lt(max_exact);
+    let large = (relative.to_kind(Kind::Float) / max_exact as f64).log()
+        / (max_distance as f64 / max_exact as f64).ln()
+        * (buckets - max_exact) as f64;
+    let large = (large.to_kind(Kind::Int64) + max_exact).clamp_max(buckets - 1);
+    result += relative.where_self(&is_small, &large);
+    result
+}
+
+pub struct T5 {
+    shared: Tensor,
+    encoder: Stack,
+    decoder: Stack,
+    lm_head: Tensor,
+    rescale: Option<f64>,
+    config: T5Config,
+}
+
+impl T5 {
+    pub fn load(w: &Weights, cfg: &T5Config) -> Result<Self, ModelError> {
+        let shared = w.get("shared.weight", &[cfg.vocab_size, cfg.d_model])?;
+        let lm_head = if cfg.tie_word_embeddings {
+            shared.shallow_clone()
+        } else {
+            w.get("lm_head.weight", &[cfg.vocab_size, cfg.d_model])?
+        };
+        Ok(Self {
+            encoder: Stack::load(w, "encoder", cfg, false)?,
+            decoder: Stack::load(w, "decoder", cfg, true)?,
+            rescale: cfg.tie_word_embeddings.then(|| (cfg.d_model as f64).powf(-0.5)),
+            lm_head,
+            shared,
+            config: cfg.clone(),
+        })
+    }
+}
+
+impl Seq2Seq for T5 {
+    fn encode(&self, ids: &Tensor, mask: &Tensor) -> Tensor {
+        let mut x = Tensor::embedding(&self.shared, ids, -1, false, false);
+        let n = ids.size()[1];
+        let bias = self.encoder.position_bias(&self.config, 0, n, x.device())
+            + padding_bias(mask, x.kind());
+        for block in &self.encoder.blocks {
+            let h = block.self_norm.forward(&x);
+            let (k, v) = (
+                block.self_attention.project(&block.self_attention.k, &h),
+                block.self_attention.project(&block.self_attention.v, &h),
+            );
+            x = &x + block.self_attention.attend(&h, &k, &v, &bias);
+            x = &x + block.ff.forward(&block.ff_norm.forward(&x));
+        }
+        self.encoder.final_norm.forward(&x)
+    }
+
+    fn decode(
+        &self,
+        ids: &Tensor,
+        encoder_out: &Tensor,
+        encoder_mask: &Tensor,
+        cache: &mut DecoderCache,
+    ) -> Tensor {
+        let past = cache.self_attention.seq_len();
+        let n = ids.size()[1];
+        let mut x = Tensor::embedding(&self.shared, ids, -1, false, false);
+        let self_bias = self.decoder.position_bias(&self.config, past, n, x.device())
+            + causal_bias(past, n, x.kind(), x.device());
+        let cross_bias = padding_bias(encoder_mask, x.kind());
+        for (i, block) in self.decoder.blocks.iter().enumerate() {
+            let attention = &block.self_attention;
+            let h = block.self_norm.forward(&x);
+            let (k, v) = cache.self_attention.append(
+                i,
+                attention.project(&attention.k, &h),
+                attention.project(&attention.v, &h),
+            );
+            x = &x + attention.attend(&h, &k, &v, &self_bias);
+            if let Some((norm, cross)) = &block.cross {
+                let h = norm.forward(&x);
+                let (k, v) = cache.cross_attention.get_or_insert(i, || {
+                    (cross.project(&cross.k, encoder_out), cross.project(&cross.v, encoder_out))
+                });
+                x = &x + cross.attend(&h, &k, &v, &cross_bias);
+            }
+            x = &x + block.ff.forward(&block.ff_norm.forward(&x));
+        }
+        let mut x = self.decoder.final_norm.forward(&x);
+        if let Some(scale) = self.rescale {
+            x *= scale;
+        }
+        x.matmul(&self.lm_head.tr())
+    }
+
+    fn decoder_layers(&self) -> usize {
+        self.decoder.blocks.len()
+    }
+}
