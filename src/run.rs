@@ -17,7 +17,8 @@ use crate::{
     settings::Task,
     tasks::{
         EncoderPipeline, TaskError, TaskInput, TaskOutput, TaskResult,
-        pipeline::{BatchBudget, BatchStats, PipelineError, TaskParams},
+        generate::{Generation, GenerationLoadError, GenerationParams, GenerationPipeline},
+        pipeline::{BatchBudget, BatchStats, ModelIdentity, PipelineError, TaskParams},
     },
 };
 
@@ -30,6 +31,8 @@ pub enum RunError {
     Io { path: PathBuf, source: std::io::Error },
     #[error("cannot load {}: {source}", path.display())]
     Load { path: PathBuf, source: PipelineError },
+    #[error("cannot load {}: {source}", path.display())]
+    LoadGenerator { path: PathBuf, source: GenerationLoadError },
     #[error("bad --param `{0}`: expected key=value")]
     BadParam(String),
 }
@@ -57,9 +60,7 @@ pub struct RunSummary {
 
 pub fn run(request: &RunRequest<'_>) -> Result<RunSummary, RunError> {
     let defaults = parse_cli_params(request.params)?;
-    let pipeline =
-        EncoderPipeline::load(request.model, request.task, &request.placement, request.budget)
-            .map_err(|source| RunError::Load { path: request.model.to_path_buf(), source })?;
+    let pipeline = Runner::load(request)?;
     let io_in = |source| RunError::Io { path: request.input.to_path_buf(), source };
     let io_out = |source| RunError::Io { path: request.output.to_path_buf(), source };
     let reader = std::io::BufReader::new(std::fs::File::open(request.input).map_err(io_in)?);
@@ -122,19 +123,145 @@ pub fn parse_cli_params(pairs: &[String]) -> Result<Map<String, Value>, RunError
     Ok(params)
 }
 
+/// The model behind a run: an encoder task or a generation task.
+enum Runner {
+    Encoder(Box<EncoderPipeline>),
+    Generation(Box<GenerationPipeline>, usize),
+}
+
+/// A line's parameters, parsed for its runner.
+#[derive(Clone)]
+enum LineParams {
+    Encoder(TaskParams),
+    Generation(Box<GenerationParams>),
+}
+
+impl Runner {
+    fn load(request: &RunRequest<'_>) -> Result<Self, RunError> {
+        let path = request.model.to_path_buf();
+        match request.task {
+            Task::Summarization | Task::TextGeneration => {
+                GenerationPipeline::load(request.model, request.task, &request.placement)
+                    .map(|p| Runner::Generation(Box::new(p), request.budget.max_batch_size))
+                    .map_err(|source| RunError::LoadGenerator { path, source })
+            }
+            _ => EncoderPipeline::load(
+                request.model,
+                request.task,
+                &request.placement,
+                request.budget,
+            )
+            .map(|p| Runner::Encoder(Box::new(p)))
+            .map_err(|source| RunError::Load { path, source }),
+        }
+    }
+
+    fn task(&self) -> Task {
+        match self {
+            Runner::Encoder(p) => p.task,
+            Runner::Generation(p, _) => p.task,
+        }
+    }
+
+    fn identity(&self) -> &ModelIdentity {
+        match self {
+            Runner::Encoder(p) => &p.identity,
+            Runner::Generation(p, _) => &p.identity,
+        }
+    }
+
+    fn parse_params(&self, params: &Value) -> Result<LineParams, TaskError> {
+        match self {
+            Runner::Encoder(p) => p.parse_params(params).map(LineParams::Encoder),
+            Runner::Generation(p, _) => {
+                p.parse_params(params).map(|params| LineParams::Generation(Box::new(params)))
+            }
+        }
+    }
+
+    /// Each item's output fields, or its error.
+    fn answer(
+        &self,
+        items: Vec<(TaskInput, LineParams)>,
+        stats: &mut BatchStats,
+    ) -> Vec<Result<Map<String, Value>, TaskError>> {
+        match self {
+            Runner::Encoder(p) => {
+                let items: Vec<(TaskInput, TaskParams)> = items
+                    .into_iter()
+                    .map(|(input, params)| match params {
+                        LineParams::Encoder(params) => (input, params),
+                        LineParams::Generation(_) => {
+                            unreachable!("an encoder runner parses encoder params")
+                        }
+                    })
+                    .collect();
+                p.run(&items, stats).into_iter().map(|r| r.map(|r| result_fields(&r))).collect()
+            }
+            Runner::Generation(p, max_batch) => {
+                let items: Vec<(TaskInput, GenerationParams)> = items
+                    .into_iter()
+                    .map(|(input, params)| match params {
+                        LineParams::Generation(params) => (input, *params),
+                        LineParams::Encoder(_) => {
+                            unreachable!("a generation runner parses generation params")
+                        }
+                    })
+                    .collect();
+                p.run(&items, *max_batch)
+                    .into_iter()
+                    .map(|r| {
+                        r.map(|r| {
+                            generation_fields(p.task, &r.generation, r.input_tokens, r.truncated)
+                        })
+                    })
+                    .collect()
+            }
+        }
+    }
+}
+
+/// Generation output fields: `summary_text` (a string, or a list when several sequences are
+/// returned) or `generated_text` (always a list), with `output_tokens` and `finish_reason` of
+/// the same shape, `input_tokens` and `truncated`.
+fn generation_fields(
+    task: Task,
+    generation: &Generation,
+    input_tokens: usize,
+    truncated: bool,
+) -> Map<String, Value> {
+    let several = task == Task::TextGeneration || generation.texts.len() > 1;
+    let shape = |values: Vec<Value>| {
+        if several {
+            Value::Array(values)
+        } else {
+            values.into_iter().next().unwrap_or(Value::Null)
+        }
+    };
+    let key = if task == Task::Summarization { "summary_text" } else { "generated_text" };
+    let mut out = Map::new();
+    out.insert(key.into(), shape(generation.texts.iter().map(|t| json!(t)).collect()));
+    out.insert(
+        "output_tokens".into(),
+        shape(generation.output_tokens.iter().map(|n| json!(n)).collect()),
+    );
+    out.insert(
+        "finish_reason".into(),
+        shape(generation.finish_reasons.iter().map(|r| json!(r)).collect()),
+    );
+    out.insert("input_tokens".into(), json!(input_tokens));
+    out.insert("truncated".into(), json!(truncated));
+    out
+}
+
 /// One parsed line: its id and either its input and parameters or why it cannot be run.
 struct Line {
     number: usize,
     id: Option<Value>,
-    parsed: Result<(TaskInput, TaskParams), String>,
+    parsed: Result<(TaskInput, LineParams), String>,
 }
 
-fn parse_line(
-    pipeline: &EncoderPipeline,
-    defaults: &Map<String, Value>,
-    number: usize,
-    text: &str,
-) -> Line {
+fn parse_line(pipeline: &Runner, defaults: &Map<String, Value>, number: usize, text: &str) -> Line {
     let value: Value = match serde_json::from_str(text) {
         Ok(value) => value,
         Err(e) => return Line { number, id: None, parsed: Err(format!("invalid JSON: {e}")) },
@@ -150,7 +277,7 @@ fn parse_line(
             Some(Value::Null) | None => {}
             Some(_) => return Err("`params` must be an object".to_string()),
         }
-        let input = input_of(pipeline.task, object)?;
+        let input = input_of(pipeline.task(), object)?;
         let params = pipeline.parse_params(&Value::Object(params)).map_err(|e| e.to_string())?;
         Ok((input, params))
     })();
@@ -179,20 +306,20 @@ fn input_of(task: Task, mut object: Map<String, Value>) -> Result<TaskInput, Str
 }
 
 fn answer_window(
-    pipeline: &EncoderPipeline,
+    pipeline: &Runner,
     defaults: &Map<String, Value>,
     window: &[(usize, String)],
     summary: &mut RunSummary,
 ) -> Vec<Value> {
     let lines: Vec<Line> =
         window.iter().map(|(number, text)| parse_line(pipeline, defaults, *number, text)).collect();
-    let runnable: Vec<(TaskInput, TaskParams)> =
+    let runnable: Vec<(TaskInput, LineParams)> =
         lines.iter().filter_map(|line| line.parsed.as_ref().ok().cloned()).collect();
-    let mut results = pipeline.run(&runnable, &mut summary.batches).into_iter();
+    let mut results = pipeline.answer(runnable, &mut summary.batches).into_iter();
     lines
         .into_iter()
         .map(|line| {
-            let result: Result<TaskResult, String> = match line.parsed {
+            let result: Result<Map<String, Value>, String> = match line.parsed {
                 Ok(_) => results
                     .next()
                     .expect("one result per runnable line")
@@ -205,10 +332,10 @@ fn answer_window(
             }
             out.insert("line".into(), json!(line.number));
             match result {
-                Ok(result) => {
+                Ok(fields) => {
                     summary.succeeded += 1;
-                    out.extend(result_fields(&result));
-                    out.insert("model".into(), json!(pipeline.identity));
+                    out.extend(fields);
+                    out.insert("model".into(), json!(pipeline.identity()));
                 }
                 Err(message) => {
                     summary.failed += 1;

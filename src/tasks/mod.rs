@@ -6,6 +6,7 @@
 pub mod classify;
 pub mod embed;
 pub mod fill_mask;
+pub mod generate;
 pub mod ner_aggregate;
 pub mod numpy_f32;
 pub mod pipeline;

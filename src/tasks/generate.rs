@@ -1,0 +1,522 @@
+//! `summarization` and `text-generation`, as transformers' pipelines of those names drive
+//! `generate` (4.57): the model's generation defaults, then `task_specific_params` (with T5's
+//! "summarize: " prefix), then the call's parameters; outputs decoded without special tokens.
+//! Long documents are truncated by default or, with `long_document=chunked`, summarized in
+//! overlapping chunks whose summaries are summarized again.
+
+use std::path::Path;
+
+use serde::Serialize;
+use serde_json::{Map, Value};
+use tch::{Device, Kind, Tensor};
+
+use super::{TaskError, TaskInput, pipeline::ModelIdentity};
+use crate::{
+    device::Placement,
+    generation::{GenerateConfig, GenerateOverrides, search::generate},
+    models::{
+        ModelError,
+        generative::{LoadedGenerator, load_generator},
+    },
+    settings::Task,
+    tokenize::TextTokenizer,
+};
+
+/// Parameters `lote run` accepts besides transformers' generation settings.
+const OWN_PARAMS: &[&str] =
+    &["stop", "return_full_text", "truncation", "long_document", "chunk_tokens", "chunk_overlap"];
+
+/// transformers' generation settings a call may set.
+const GENERATE_PARAMS: &[&str] = &[
+    "max_length",
+    "max_new_tokens",
+    "min_length",
+    "min_new_tokens",
+    "do_sample",
+    "temperature",
+    "top_k",
+    "top_p",
+    "typical_p",
+    "num_beams",
+    "num_return_sequences",
+    "length_penalty",
+    "early_stopping",
+    "no_repeat_ngram_size",
+    "repetition_penalty",
+    "bad_words_ids",
+    "forced_bos_token_id",
+    "forced_eos_token_id",
+    "decoder_start_token_id",
+    "eos_token_id",
+    "pad_token_id",
+    "seed",
+];
+
+/// How a document longer than the model's input is handled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LongDocument {
+    Truncate,
+    Chunked { tokens: usize, overlap: usize },
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct GenerationParams {
+    pub generate: GenerateConfig,
+    pub stop: Vec<String>,
+    pub return_full_text: bool,
+    pub truncation: bool,
+    pub long_document: LongDocument,
+}
+
+/// Why a sequence ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FinishReason {
+    Eos,
+    Length,
+    StopString,
+}
+
+/// One input's answer with the counters every task reports.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GenerationResult {
+    pub generation: Generation,
+    pub input_tokens: usize,
+    pub truncated: bool,
+}
+
+/// The sequences generated for one input.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Generation {
+    pub texts: Vec<String>,
+    pub output_tokens: Vec<usize>,
+    pub finish_reasons: Vec<FinishReason>,
+}
+
+pub struct GenerationPipeline {
+    pub task: Task,
+    pub identity: ModelIdentity,
+    pub tokenizer: TextTokenizer,
+    generator: LoadedGenerator,
+    /// The model's defaults with the task's settings applied.
+    defaults: GenerateConfig,
+    prefix: String,
+    device: Device,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum GenerationLoadError {
+    #[error(transparent)]
+    Model(#[from] ModelError),
+    #[error(transparent)]
+    Tokenizer(#[from] crate::tokenize::TokenizeError),
+    #[error("task `{0}` is not a generation task")]
+    NotGenerationTask(Task),
+    #[error("task `{task}` needs {needed}; this is a `{model_type}` model")]
+    WrongModel { task: Task, needed: &'static str, model_type: String },
+}
+
+impl GenerationPipeline {
+    pub fn load(
+        dir: &Path,
+        task: Task,
+        placement: &Placement,
+    ) -> Result<Self, GenerationLoadError> {
+        let generator = load_generator(dir, placement)?;
+        let model_type = generator.config["model_type"].as_str().unwrap_or_default().to_string();
+        let encoder_decoder = generator.is_encoder_decoder();
+        let (task_key, fits, needed) = match task {
+            Task::Summarization => {
+                ("summarization", encoder_decoder, "an encoder-decoder model (BART, mBART, T5)")
+            }
+            Task::TextGeneration => {
+                ("text-generation", !encoder_decoder, "a decoder-only model (GPT-2)")
+            }
+            other => return Err(GenerationLoadError::NotGenerationTask(other)),
+        };
+        if !fits {
+            return Err(GenerationLoadError::WrongModel { task, needed, model_type });
+        }
+        let (task_overrides, prefix) = generator.task_params(task_key)?;
+        let mut defaults = generator.generation.clone();
+        defaults.apply(&task_overrides).map_err(|e| ModelError::Config(e.to_string()))?;
+        let tokenizer = TextTokenizer::load(dir, Some(generator.max_positions))?;
+        let name = dir
+            .canonicalize()
+            .ok()
+            .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+            .unwrap_or_else(|| dir.display().to_string());
+        Ok(Self {
+            task,
+            identity: ModelIdentity { name, sha256: generator.sha256.clone() },
+            tokenizer,
+            defaults,
+            prefix: prefix.unwrap_or_default(),
+            device: placement.device,
+            generator,
+        })
+    }
+
+    /// Parses a call's parameters; unknown names and wrong types are errors.
+    pub fn parse_params(&self, params: &Value) -> Result<GenerationParams, TaskError> {
+        let invalid = |m: String| TaskError::Invalid(m);
+        let mut map: Map<String, Value> = match params {
+            Value::Null => Map::new(),
+            Value::Object(map) => map.clone(),
+            _ => return Err(invalid("params must be an object".into())),
+        };
+        if let Some(unknown) = map
+            .keys()
+            .find(|k| !OWN_PARAMS.contains(&k.as_str()) && !GENERATE_PARAMS.contains(&k.as_str()))
+        {
+            return Err(invalid(format!("bad params: unknown parameter `{unknown}`")));
+        }
+        let stop = match map.remove("stop") {
+            None | Some(Value::Null) => Vec::new(),
+            Some(Value::String(s)) => vec![s],
+            Some(Value::Array(items)) => items
+                .into_iter()
+                .map(|item| match item {
+                    Value::String(s) if !s.is_empty() => Ok(s),
+                    other => Err(invalid(format!(
+                        "bad params: stop strings must be non-empty strings, not {other}"
+                    ))),
+                })
+                .collect::<Result<_, _>>()?,
+            Some(other) => {
+                return Err(invalid(format!(
+                    "bad params: `stop` must be a string or a list of strings, not {other}"
+                )));
+            }
+        };
+        let flag =
+            |map: &mut Map<String, Value>, key: &str, default: bool| -> Result<bool, TaskError> {
+                match map.remove(key) {
+                    None | Some(Value::Null) => Ok(default),
+                    Some(Value::Bool(b)) => Ok(b),
+                    Some(other) => Err(invalid(format!(
+                        "bad params: `{key}` must be true or false, not {other}"
+                    ))),
+                }
+            };
+        let return_full_text = flag(&mut map, "return_full_text", true)?;
+        let truncation = flag(&mut map, "truncation", self.task == Task::Summarization)?;
+        let count =
+            |map: &mut Map<String, Value>, key: &str, default: usize| -> Result<usize, TaskError> {
+                match map.remove(key) {
+                    None | Some(Value::Null) => Ok(default),
+                    Some(value) => value.as_u64().map(|n| n as usize).ok_or_else(|| {
+                        invalid(format!("bad params: `{key}` must be a non-negative integer"))
+                    }),
+                }
+            };
+        let limit = self.tokenizer.max_length;
+        let chunk_tokens = count(&mut map, "chunk_tokens", limit)?;
+        let chunk_overlap = count(&mut map, "chunk_overlap", chunk_tokens / 8)?;
+        let long_document = match map.remove("long_document") {
+            None | Some(Value::Null) => LongDocument::Truncate,
+            Some(Value::String(s)) if s == "truncate" => LongDocument::Truncate,
+            Some(Value::String(s)) if s == "chunked" => {
+                if chunk_tokens < 8 || chunk_tokens > limit || chunk_overlap >= chunk_tokens {
+                    return Err(invalid(format!(
+                        "bad params: chunk_tokens must be in [8, {limit}] and chunk_overlap below it"
+                    )));
+                }
+                LongDocument::Chunked { tokens: chunk_tokens, overlap: chunk_overlap }
+            }
+            Some(other) => {
+                return Err(invalid(format!(
+                    "bad params: long_document must be \"truncate\" or \"chunked\", not {other}"
+                )));
+            }
+        };
+        let overrides: GenerateOverrides = serde_json::from_value(Value::Object(map))
+            .map_err(|e| invalid(format!("bad params: {e}")))?;
+        let mut generate = self.defaults.clone();
+        generate.apply(&overrides).map_err(|e| invalid(e.to_string()))?;
+        generate.validate(self.generator.max_positions).map_err(|e| invalid(e.to_string()))?;
+        Ok(GenerationParams { generate, stop, return_full_text, truncation, long_document })
+    }
+
+    /// Answers every input, in order. Inputs with equal parameters share batches of up to
+    /// `max_batch` rows (mixed lengths give what each gives alone); seeded sampling and chunked
+    /// summaries run alone, so a seed always gives the same text.
+    pub fn run(
+        &self,
+        items: &[(TaskInput, GenerationParams)],
+        max_batch: usize,
+    ) -> Vec<Result<GenerationResult, TaskError>> {
+        let mut results: Vec<Option<Result<GenerationResult, TaskError>>> = vec![None; items.len()];
+        let mut batched: Vec<(usize, Vec<u32>, usize, bool)> = Vec::new();
+        for (index, (input, params)) in items.iter().enumerate() {
+            let alone = params.generate.do_sample
+                || matches!(params.long_document, LongDocument::Chunked { .. });
+            if alone {
+                results[index] = Some(self.run_one(input, params));
+                continue;
+            }
+            match self.prepare(input, params) {
+                Ok((ids, tokens, truncated)) => batched.push((index, ids, tokens, truncated)),
+                Err(error) => results[index] = Some(Err(error)),
+            }
+        }
+        while let Some(first) = batched.first() {
+            let params = &items[first.0].1;
+            let (group, rest): (Vec<_>, Vec<_>) =
+                batched.into_iter().partition(|(i, ..)| &items[*i].1 == params);
+            batched = rest;
+            for chunk in group.chunks(max_batch.max(1)) {
+                let prompts: Vec<Vec<u32>> = chunk.iter().map(|(_, ids, ..)| ids.clone()).collect();
+                match self.run_batch(&prompts, params) {
+                    Ok(generations) => {
+                        for ((index, _, tokens, truncated), generation) in
+                            chunk.iter().zip(generations)
+                        {
+                            let result = GenerationResult {
+                                generation,
+                                input_tokens: *tokens,
+                                truncated: *truncated,
+                            };
+                            results[*index] = Some(Ok(result));
+                        }
+                    }
+                    Err(error) => {
+                        for (index, ..) in chunk {
+                            results[*index] = Some(Err(error.clone()));
+                        }
+                    }
+                }
+            }
+        }
+        results.into_iter().map(|r| r.expect("every input answered")).collect()
+    }
+
+    fn prepare(
+        &self,
+        input: &TaskInput,
+        params: &GenerationParams,
+    ) -> Result<(Vec<u32>, usize, bool), TaskError> {
+        let TaskInput::Text { text } = input else {
+            return Err(TaskError::Invalid(format!("{} needs `text`", self.task)));
+        };
+        if text.trim().is_empty() {
+            return Err(TaskError::Tokenize(crate::tokenize::TokenizeError::Empty));
+        }
+        self.prompt_ids(text, params)
+    }
+
+    fn run_one(
+        &self,
+        input: &TaskInput,
+        params: &GenerationParams,
+    ) -> Result<GenerationResult, TaskError> {
+        if let (
+            Task::Summarization,
+            LongDocument::Chunked { tokens, overlap },
+            TaskInput::Text { text },
+        ) = (self.task, params.long_document, input)
+            && !text.trim().is_empty()
+        {
+            return self.summarize_chunked(text, params, tokens, overlap);
+        }
+        let (ids, input_tokens, truncated) = self.prepare(input, params)?;
+        let mut generated = self.run_batch(&[ids], params)?;
+        Ok(GenerationResult { generation: generated.remove(0), input_tokens, truncated })
+    }
+
+    /// The input's token ids, its untruncated length, and whether it was cut.
+    fn prompt_ids(
+        &self,
+        text: &str,
+        params: &GenerationParams,
+    ) -> Result<(Vec<u32>, usize, bool), TaskError> {
+        if self.task == Task::Summarization {
+            let encoded =
+                self.tokenizer.encode(&format!("{}{text}", self.prefix), params.truncation)?;
+            return Ok((encoded.ids.clone(), encoded.input_tokens, encoded.truncated));
+        }
+        let ids = self.tokenizer.encode_plain(text)?;
+        let context = self.generator.max_positions;
+        let new = params
+            .generate
+            .max_new_tokens
+            .unwrap_or_else(|| params.generate.max_length.saturating_sub(ids.len()));
+        if ids.len() + new <= context {
+            return Ok((ids.clone(), ids.len(), false));
+        }
+        if !params.truncation || new >= context {
+            return Err(TaskError::Invalid(format!(
+                "prompt has {} tokens and {new} new tokens are asked for: more than the model's context of {context} (set truncation=true to keep the prompt's end)",
+                ids.len()
+            )));
+        }
+        let keep = context - new;
+        Ok((ids[ids.len() - keep..].to_vec(), ids.len(), true))
+    }
+
+    /// Generates for several prompts with the same parameters in one batch.
+    pub fn run_batch(
+        &self,
+        prompts: &[Vec<u32>],
+        params: &GenerationParams,
+    ) -> Result<Vec<Generation>, TaskError> {
+        let config = &params.generate;
+        let pad =
+            config.pad_token_id.or_else(|| config.eos_token_ids.first().copied()).unwrap_or(0);
+        let width = prompts.iter().map(Vec::len).max().unwrap_or(0);
+        let encoder_decoder = self.generator.is_encoder_decoder();
+        // GPT-2 prompts are padded on the left, encoder inputs on the right.
+        let mut ids = Vec::with_capacity(prompts.len() * width);
+        let mut mask = Vec::with_capacity(prompts.len() * width);
+        for prompt in prompts {
+            let padding = width - prompt.len();
+            let row_ids = prompt.iter().map(|&t| i64::from(t));
+            let pads = std::iter::repeat_n(pad, padding);
+            if encoder_decoder {
+                ids.extend(row_ids.chain(pads));
+                mask.extend(
+                    std::iter::repeat_n(1i64, prompt.len()).chain(std::iter::repeat_n(0, padding)),
+                );
+            } else {
+                ids.extend(pads.chain(row_ids));
+                mask.extend(
+                    std::iter::repeat_n(0i64, padding).chain(std::iter::repeat_n(1, prompt.len())),
+                );
+            }
+        }
+        let shape = [prompts.len() as i64, width as i64];
+        let ids = Tensor::from_slice(&ids).view(shape).to_device(self.device);
+        let mask = Tensor::from_slice(&mask).view(shape).to_device(self.device);
+        let start = if encoder_decoder {
+            let start = config.decoder_start_token_id.ok_or_else(|| {
+                TaskError::Unsupported("the model has no decoder_start_token_id".into())
+            })?;
+            Tensor::full([prompts.len() as i64, 1], start, (Kind::Int64, self.device))
+        } else {
+            ids.shallow_clone()
+        };
+        let start_len = start.size()[1] as usize;
+        let max_length = config.max_new_tokens.map_or(config.max_length, |n| n + start_len);
+        if max_length <= start_len {
+            return Err(TaskError::Invalid(format!(
+                "max_length ({max_length}) leaves no room after the {start_len} start tokens; set max_new_tokens"
+            )));
+        }
+        let stop_check = |tokens: &[i64]| -> bool {
+            let ids: Vec<u32> = tokens.iter().map(|&t| t as u32).collect();
+            let text = self.tokenizer.decode(&ids, true).unwrap_or_default();
+            params.stop.iter().any(|s| text.contains(s.as_str()))
+        };
+        let stop = (!params.stop.is_empty()).then_some(&stop_check as &dyn Fn(&[i64]) -> bool);
+        let mut step = self.generator.step(&ids, &mask);
+        let generated = generate(step.as_mut(), &start, config, max_length, None, stop);
+        let sequences = Vec::<Vec<i64>>::try_from(generated.sequences.to_device(Device::Cpu))
+            .map_err(|e| TaskError::Model(e.to_string()))?;
+        let per_input = sequences.len() / prompts.len().max(1);
+        let mut out = Vec::with_capacity(prompts.len());
+        for (index, prompt) in prompts.iter().enumerate() {
+            let mut generation = Generation {
+                texts: Vec::new(),
+                output_tokens: Vec::new(),
+                finish_reasons: Vec::new(),
+            };
+            for sequence in &sequences[index * per_input..(index + 1) * per_input] {
+                let new = &sequence[start_len..];
+                let (tokens, reason) = self.trim(new, config, &params.stop);
+                let text = self.text_of(prompt, &tokens, params, encoder_decoder)?;
+                generation.texts.push(text);
+                generation.output_tokens.push(tokens.len());
+                generation.finish_reasons.push(reason);
+            }
+            out.push(generation);
+        }
+        Ok(out)
+    }
+
+    /// The generated tokens up to and including the first eos (padding after it dropped), and
+    /// why the sequence ended.
+    fn trim(
+        &self,
+        new: &[i64],
+        config: &GenerateConfig,
+        stop: &[String],
+    ) -> (Vec<u32>, FinishReason) {
+        if let Some(at) = new.iter().position(|t| config.eos_token_ids.contains(t)) {
+            return (new[..=at].iter().map(|&t| t as u32).collect(), FinishReason::Eos);
+        }
+        let tokens: Vec<u32> = new.iter().map(|&t| t as u32).collect();
+        let text = self.tokenizer.decode(&tokens, true).unwrap_or_default();
+        let reason = if stop.iter().any(|s| text.contains(s.as_str())) {
+            FinishReason::StopString
+        } else {
+            FinishReason::Length
+        };
+        (tokens, reason)
+    }
+
+    fn text_of(
+        &self,
+        prompt: &[u32],
+        tokens: &[u32],
+        params: &GenerationParams,
+        encoder_decoder: bool,
+    ) -> Result<String, TaskError> {
+        if encoder_decoder {
+            return Ok(self.tokenizer.decode(tokens, true)?);
+        }
+        // As the text-generation pipeline: decode prompt + new tokens, cut the decoded prompt off.
+        let full: Vec<u32> = prompt.iter().chain(tokens).copied().collect();
+        let all = self.tokenizer.decode(&full, true)?;
+        let prompt_text = self.tokenizer.decode(prompt, true)?;
+        let new_text = if all.starts_with(&prompt_text) {
+            all[prompt_text.len()..].to_string()
+        } else {
+            self.tokenizer.decode(tokens, true)?
+        };
+        Ok(if params.return_full_text { format!("{prompt_text}{new_text}") } else { new_text })
+    }
+
+    fn summarize_chunked(
+        &self,
+        text: &str,
+        params: &GenerationParams,
+        size: usize,
+        overlap: usize,
+    ) -> Result<GenerationResult, TaskError> {
+        let ids = self.tokenizer.encode_plain(&format!("{}{text}", self.prefix))?;
+        let room = size.saturating_sub(2).max(1);
+        let step = room.saturating_sub(overlap).max(1);
+        let mut chunks = Vec::new();
+        let mut start = 0;
+        loop {
+            let end = (start + room).min(ids.len());
+            chunks.push(self.tokenizer.decode(&ids[start..end], true)?);
+            if end == ids.len() {
+                break;
+            }
+            start += step;
+        }
+        if chunks.len() == 1 {
+            let prompt = self.prompt_ids(text, params)?;
+            let mut generated = self.run_batch(&[prompt.0], params)?;
+            return Ok(GenerationResult {
+                generation: generated.remove(0),
+                input_tokens: prompt.1,
+                truncated: prompt.2,
+            });
+        }
+        let prompts = chunks
+            .iter()
+            .map(|chunk| Ok(self.tokenizer.encode(&format!("{}{chunk}", self.prefix), true)?.ids))
+            .collect::<Result<Vec<_>, TaskError>>()?;
+        let partial = self.run_batch(&prompts, params)?;
+        let joined = partial.iter().map(|g| g.texts[0].trim()).collect::<Vec<_>>().join(" ");
+        let prompt = self.tokenizer.encode(&format!("{}{joined}", self.prefix), true)?;
+        let mut generated = self.run_batch(&[prompt.ids], params)?;
+        Ok(GenerationResult {
+            generation: generated.remove(0),
+            input_tokens: ids.len(),
+            truncated: false,
+        })
+    }
+}
