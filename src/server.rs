@@ -127,6 +127,8 @@ impl Server {
             let _ = stopping_tx.send(true);
         };
 
+        // Install the recorder before recording: the endpoint's task may not have run yet.
+        crate::metrics::handle();
         metrics::gauge!(
             "lote_build_info",
             "version" => env!("CARGO_PKG_VERSION"),

@@ -16,6 +16,16 @@ fn send_signal(child: &std::process::Child, signal: i32) {
     assert_eq!(rc, 0);
 }
 
+/// A plain HTTP/1.0 GET, enough for the metrics endpoint.
+fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").unwrap();
+    let mut body = String::new();
+    stream.read_to_string(&mut body).unwrap();
+    body
+}
+
 fn wait_exit(child: &mut std::process::Child, limit: Duration) -> Option<i32> {
     let start = Instant::now();
     while start.elapsed() < limit {
@@ -49,6 +59,8 @@ async fn sigterm_stops_a_serving_binary_with_exit_code_0_within_5s() {
                 .await
                 .unwrap();
         assert_eq!(health_status(channel, "").await.unwrap(), "Serving");
+        let metrics = http_get(process.metrics_addr, "/metrics");
+        assert!(metrics.contains("lote_build_info{"), "{metrics}");
         send_signal(&process.child, signal);
         let code = wait_exit(&mut process.child, Duration::from_secs(5));
         assert_eq!(code, Some(0), "signal {signal}: exit code 0 within 5 s");

@@ -83,6 +83,7 @@ pub fn lote_command() -> Command {
 pub struct ServeProcess {
     pub child: Child,
     pub grpc_addr: SocketAddr,
+    pub metrics_addr: SocketAddr,
     pub stderr: mpsc::Receiver<String>,
 }
 
@@ -103,16 +104,17 @@ impl ServeProcess {
                 }
             }
         });
-        let grpc_addr = loop {
+        let (grpc_addr, metrics_addr) = loop {
             let line = lines
                 .recv_timeout(Duration::from_secs(60))
                 .expect("lote logs `serving` within 60 s");
             let Ok(event) = serde_json::from_str::<serde_json::Value>(&line) else { continue };
             if event["message"] == "serving" {
-                break event["grpc_addr"].as_str().unwrap().parse().unwrap();
+                let addr = |key: &str| event[key].as_str().unwrap().parse().unwrap();
+                break (addr("grpc_addr"), addr("metrics_addr"));
             }
         };
-        Self { child, grpc_addr, stderr: lines }
+        Self { child, grpc_addr, metrics_addr, stderr: lines }
     }
 }
 
