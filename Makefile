@@ -31,9 +31,10 @@ run: release
 ## byte-identical on every run), plus the real all-MiniLM-L6-v2 reference embeddings.
 fixtures: setup $(FIXTURES)/.stamp
 
-$(FIXTURES)/.stamp: tests/fixtures/make_models.py tests/fixtures/make_minilm_reference.py scripts/requirements.txt
+$(FIXTURES)/.stamp: tests/fixtures/make_models.py tests/fixtures/make_generation_models.py tests/fixtures/make_minilm_reference.py scripts/requirements.txt
 	rm -rf $(FIXTURES).tmp
 	$(VENV)/bin/python tests/fixtures/make_models.py $(FIXTURES).tmp
+	$(VENV)/bin/python tests/fixtures/make_generation_models.py $(FIXTURES).tmp/generation
 	$(VENV)/bin/python tests/fixtures/make_minilm_reference.py $(FIXTURES).tmp
 	rm -rf $(FIXTURES) && mv $(FIXTURES).tmp $(FIXTURES) && touch $@
 

@@ -100,12 +100,24 @@ pub struct GenerateOverrides {
     pub no_repeat_ngram_size: Option<usize>,
     pub repetition_penalty: Option<f64>,
     pub bad_words_ids: Option<Vec<Vec<i64>>>,
-    pub forced_bos_token_id: Option<i64>,
-    pub forced_eos_token_id: Option<TokenIds>,
+    /// `null` removes the forced token (as passing None to transformers does).
+    #[serde(default, deserialize_with = "present")]
+    pub forced_bos_token_id: Option<Option<i64>>,
+    #[serde(default, deserialize_with = "present")]
+    pub forced_eos_token_id: Option<Option<TokenIds>>,
     pub decoder_start_token_id: Option<i64>,
     pub eos_token_id: Option<TokenIds>,
     pub pad_token_id: Option<i64>,
     pub seed: Option<u64>,
+}
+
+/// Tells "absent" (None) from "set to null" (Some(None)).
+fn present<'de, D, T>(deserializer: D) -> Result<Option<Option<T>>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    Option::<T>::deserialize(deserializer).map(Some)
 }
 
 /// One id or a list of ids (`eos_token_id` may be either).
@@ -158,11 +170,11 @@ impl GenerateConfig {
         if o.min_new_tokens.is_some() {
             self.min_new_tokens = o.min_new_tokens;
         }
-        if o.forced_bos_token_id.is_some() {
-            self.forced_bos_token_id = o.forced_bos_token_id;
+        if let Some(id) = o.forced_bos_token_id {
+            self.forced_bos_token_id = id;
         }
         if let Some(ids) = &o.forced_eos_token_id {
-            self.forced_eos_token_id = Some(ids.to_vec());
+            self.forced_eos_token_id = ids.as_ref().map(TokenIds::to_vec);
         }
         if o.decoder_start_token_id.is_some() {
             self.decoder_start_token_id = o.decoder_start_token_id;
