@@ -182,9 +182,18 @@ impl TransformerLayer {
         let q = split(self.query.forward(x));
         let k = split(self.key.forward(x));
         let v = split(self.value.forward(x));
-        let scores = q.matmul(&k.transpose(-1, -2)) / (head_size as f64).sqrt() + mask_bias;
-        let probs = scores.softmax(-1, scores.kind());
-        probs.matmul(&v).transpose(1, 2).contiguous().view([batch, seq, hidden])
+        // softmax(q k^T / sqrt(d) + mask) v in libtorch's fused kernel, as transformers' sdpa path.
+        let attended = Tensor::scaled_dot_product_attention(
+            &q,
+            &k,
+            &v,
+            Some(mask_bias),
+            0.0,
+            false,
+            None,
+            false,
+        );
+        attended.transpose(1, 2).contiguous().view([batch, seq, hidden])
     }
 }
 

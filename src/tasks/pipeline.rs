@@ -19,6 +19,37 @@ use crate::{
     tokenize::{Encoded, TextTokenizer, TokenizeError},
 };
 
+/// The least share of real (non-padding) tokens a batch may have.
+const PADDING_TARGET: f64 = 0.9;
+
+/// Splits rows of ascending `widths` into consecutive batches within `budget`: at most
+/// `max_batch_size` rows, at most `max_batch_tokens` computed tokens (padding counted), and a
+/// batch also ends where the next (longer) row would pad it below [`PADDING_TARGET`] real
+/// tokens per computed token. A single row is always a batch of its own, whatever its width.
+pub fn cut_batches(widths: &[usize], budget: BatchBudget) -> Vec<std::ops::Range<usize>> {
+    let mut batches = Vec::new();
+    let (mut start, mut real) = (0, 0);
+    for (i, &width) in widths.iter().enumerate() {
+        let rows_if_added = i - start + 1;
+        let computed_if_added = rows_if_added * width;
+        let efficiency_if_added = (real + width) as f64 / computed_if_added.max(1) as f64;
+        if i > start
+            && (rows_if_added > budget.max_batch_size
+                || computed_if_added > budget.max_batch_tokens
+                || efficiency_if_added < PADDING_TARGET)
+        {
+            batches.push(start..i);
+            start = i;
+            real = 0;
+        }
+        real += width;
+    }
+    if start < widths.len() {
+        batches.push(start..widths.len());
+    }
+    batches
+}
+
 /// Which model answered: the directory's name and the weights' sha256.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct ModelIdentity {
@@ -259,28 +290,13 @@ impl EncoderPipeline {
             .collect()
     }
 
-    /// Cuts length-sorted rows into batches within the budget.
+    /// Cuts length-sorted rows into batches (see [`cut_batches`]).
     fn batches<'a>(
         &self,
         rows: &[(usize, usize, &'a Encoded)],
     ) -> Vec<Vec<(usize, usize, &'a Encoded)>> {
-        let mut batches = Vec::new();
-        let mut current: Vec<(usize, usize, &Encoded)> = Vec::new();
-        for &row in rows {
-            let width = row.2.len();
-            let tokens_if_added = (current.len() + 1) * width;
-            if !current.is_empty()
-                && (current.len() >= self.budget.max_batch_size
-                    || tokens_if_added > self.budget.max_batch_tokens)
-            {
-                batches.push(std::mem::take(&mut current));
-            }
-            current.push(row);
-        }
-        if !current.is_empty() {
-            batches.push(current);
-        }
-        batches
+        let widths: Vec<usize> = rows.iter().map(|(_, _, e)| e.len()).collect();
+        cut_batches(&widths, self.budget).into_iter().map(|range| rows[range].to_vec()).collect()
     }
 
     fn prepare(&self, input: &TaskInput, params: &TaskParams) -> Result<Prepared, TaskError> {
@@ -427,5 +443,28 @@ impl EncoderPipeline {
             _ => unreachable!("prepare matched params to input"),
         };
         Ok(TaskResult { output, input_tokens, truncated })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const BUDGET: BatchBudget = BatchBudget { max_batch_size: 4, max_batch_tokens: 100 };
+
+    #[test]
+    fn batches_respect_size_and_token_budgets() {
+        assert_eq!(cut_batches(&[5; 10], BUDGET), vec![0..4, 4..8, 8..10]);
+        assert_eq!(cut_batches(&[30, 30, 30, 30], BUDGET), vec![0..3, 3..4]);
+        assert_eq!(cut_batches(&[500], BUDGET), vec![0..1], "an oversized row still runs, alone");
+        assert!(cut_batches(&[], BUDGET).is_empty());
+    }
+
+    #[test]
+    fn a_much_longer_row_starts_a_new_batch_instead_of_padding_the_others() {
+        // 10 + 10 + 20 would be 40 real tokens in 60 computed: below the target.
+        assert_eq!(cut_batches(&[10, 10, 20, 21], BUDGET), vec![0..2, 2..4]);
+        // 10, 10, 11: 31 real in 33 computed stays together.
+        assert_eq!(cut_batches(&[10, 10, 11], BUDGET), vec![0..3]);
     }
 }
