@@ -14,13 +14,6 @@ pub struct Generated {
     pub scores: Option<Tensor>,
 }
 
-/// Why a row stopped.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum FinishReason {
-    Eos,
-    Length,
-}
-
 /// Called with (row, token) for each token a greedy or sampled row produces, as it is produced.
 pub type OnToken<'a> = &'a mut dyn FnMut(usize, i64);
 

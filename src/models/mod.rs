@@ -1,8 +1,9 @@
-//! Encoder models loaded from a Hugging Face model directory and run natively on tch.
+//! Models loaded from a Hugging Face model directory and run natively on tch, one file per
+//! architecture: the encoders (BERT, RoBERTa, DistilBERT, ALBERT, ELECTRA) here, the generative
+//! ones (GPT-2, BART/mBART, T5) through [`generative`].
 //!
-//! `model_type` (and `architectures`) in config.json choose the implementation, one file per
-//! architecture; the head comes from the class name (`BertForQuestionAnswering` -> question
-//! answering). Everything that can be wrong with a directory is a [`ModelError`] naming the file,
+//! `model_type` (and `architectures`) in config.json choose the implementation; an encoder's
+//! head comes from the class name (`BertForQuestionAnswering` -> question answering). Everything that can be wrong with a directory is a [`ModelError`] naming the file,
 //! the key or the tensor at fault.
 
 pub mod albert;
