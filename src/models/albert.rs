@@ -100,16 +100,7 @@ impl Albert {
                 (0..cfg.inner_group_num)
                     .map(|i| {
                         let at = format!("{p}encoder.albert_layer_groups.{g}.albert_layers.{i}");
-                        let names = LayerNames {
-                            query: format!("{at}.attention.query"),
-                            key: format!("{at}.attention.key"),
-                            value: format!("{at}.attention.value"),
-                            attention_out: format!("{at}.attention.dense"),
-                            attention_norm: format!("{at}.attention.LayerNorm"),
-                            ffn_in: format!("{at}.ffn"),
-                            ffn_out: format!("{at}.ffn_output"),
-                            output_norm: format!("{at}.full_layer_layer_norm"),
-                        };
+                        let names = LayerNames::albert(&at);
                         TransformerLayer::load(w, &names, shape)
                     })
                     .collect::<Result<Vec<_>, _>>()

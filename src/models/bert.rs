@@ -180,13 +180,18 @@ impl BertBackbone {
     }
 }
 
-/// A BERT checkpoint: backbone plus head.
+/// A BERT-family checkpoint (BERT, RoBERTa, ELECTRA): backbone plus head.
 pub struct Bert {
     backbone: BertBackbone,
     head: Head,
 }
 
 impl Bert {
+    /// Pairs a loaded backbone with its head (RoBERTa's and ELECTRA's loaders build both).
+    pub fn from_parts(backbone: BertBackbone, head: Head) -> Self {
+        Self { backbone, head }
+    }
+
     pub fn load(
         w: &Weights,
         cfg: &BertConfig,

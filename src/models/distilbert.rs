@@ -64,16 +64,7 @@ impl DistilBert {
         let layers = (0..cfg.n_layers)
             .map(|i| {
                 let at = format!("{prefix}transformer.layer.{i}");
-                let names = LayerNames {
-                    query: format!("{at}.attention.q_lin"),
-                    key: format!("{at}.attention.k_lin"),
-                    value: format!("{at}.attention.v_lin"),
-                    attention_out: format!("{at}.attention.out_lin"),
-                    attention_norm: format!("{at}.sa_layer_norm"),
-                    ffn_in: format!("{at}.ffn.lin1"),
-                    ffn_out: format!("{at}.ffn.lin2"),
-                    output_norm: format!("{at}.output_layer_norm"),
-                };
+                let names = LayerNames::distilbert(&at);
                 TransformerLayer::load(w, &names, shape)
             })
             .collect::<Result<_, _>>()?;

@@ -4,20 +4,16 @@
 //! The generator's masked-LM head and the classification head both use gelu whatever
 //! `hidden_act` says.
 
-use tch::Tensor;
-
 use super::{
-    Encoder, EncoderInput, ModelError,
-    bert::{BertBackbone, BertConfig, Positions, common_head, tied_decoder},
+    ModelError,
+    bert::{Bert, BertBackbone, BertConfig, Positions, common_head, tied_decoder},
     heads::{Head, HeadKind},
     layers::{Activation, LayerNorm, Linear},
     weights::Weights,
 };
 
-pub struct Electra {
-    backbone: BertBackbone,
-    head: Head,
-}
+/// Loads a Electra checkpoint into the shared BERT-family model.
+pub struct Electra;
 
 impl Electra {
     pub fn load(
@@ -25,7 +21,7 @@ impl Electra {
         cfg: &BertConfig,
         kind: HeadKind,
         labels: i64,
-    ) -> Result<Self, ModelError> {
+    ) -> Result<Bert, ModelError> {
         cfg.check_supported()?;
         let prefix = w.base_prefix(&["electra."], "embeddings.word_embeddings.weight");
         let width = cfg.embedding_size.unwrap_or(cfg.hidden_size);
@@ -57,16 +53,6 @@ impl Electra {
             },
             other => common_head(w, other, hidden, labels)?,
         };
-        Ok(Self { backbone, head })
-    }
-}
-
-impl Encoder for Electra {
-    fn hidden_states(&self, input: &EncoderInput) -> Tensor {
-        self.backbone.forward(input)
-    }
-
-    fn head(&self) -> &Head {
-        &self.head
+        Ok(Bert::from_parts(backbone, head))
     }
 }

@@ -119,18 +119,63 @@ pub struct LayerNames {
 }
 
 impl LayerNames {
+    /// Names under `prefix`, given each one's suffix in field order: query, key, value,
+    /// attention output, attention norm, feed-forward in, feed-forward out, output norm.
+    pub fn under(prefix: &str, suffixes: [&str; 8]) -> Self {
+        let [query, key, value, attention_out, attention_norm, ffn_in, ffn_out, output_norm] =
+            suffixes.map(|suffix| format!("{prefix}.{suffix}"));
+        Self { query, key, value, attention_out, attention_norm, ffn_in, ffn_out, output_norm }
+    }
+
     /// BERT's names, shared by RoBERTa and ELECTRA: `{prefix}.attention.self.query`, ...
     pub fn bert(prefix: &str) -> Self {
-        Self {
-            query: format!("{prefix}.attention.self.query"),
-            key: format!("{prefix}.attention.self.key"),
-            value: format!("{prefix}.attention.self.value"),
-            attention_out: format!("{prefix}.attention.output.dense"),
-            attention_norm: format!("{prefix}.attention.output.LayerNorm"),
-            ffn_in: format!("{prefix}.intermediate.dense"),
-            ffn_out: format!("{prefix}.output.dense"),
-            output_norm: format!("{prefix}.output.LayerNorm"),
-        }
+        Self::under(
+            prefix,
+            [
+                "attention.self.query",
+                "attention.self.key",
+                "attention.self.value",
+                "attention.output.dense",
+                "attention.output.LayerNorm",
+                "intermediate.dense",
+                "output.dense",
+                "output.LayerNorm",
+            ],
+        )
+    }
+
+    /// DistilBERT's: `{prefix}.attention.q_lin`, ...
+    pub fn distilbert(prefix: &str) -> Self {
+        Self::under(
+            prefix,
+            [
+                "attention.q_lin",
+                "attention.k_lin",
+                "attention.v_lin",
+                "attention.out_lin",
+                "sa_layer_norm",
+                "ffn.lin1",
+                "ffn.lin2",
+                "output_layer_norm",
+            ],
+        )
+    }
+
+    /// ALBERT's: `{prefix}.attention.query`, ..., `{prefix}.full_layer_layer_norm`.
+    pub fn albert(prefix: &str) -> Self {
+        Self::under(
+            prefix,
+            [
+                "attention.query",
+                "attention.key",
+                "attention.value",
+                "attention.dense",
+                "attention.LayerNorm",
+                "ffn",
+                "ffn_output",
+                "full_layer_layer_norm",
+            ],
+        )
     }
 }
 

@@ -3,20 +3,16 @@
 //! `padding_idx` (so padding never shifts a token's position), a masked-LM head that always uses
 //! gelu, and a classification head of its own on the `<s>` token.
 
-use tch::Tensor;
-
 use super::{
-    Encoder, EncoderInput, ModelError,
-    bert::{BertBackbone, BertConfig, Positions, common_head, tied_decoder},
+    ModelError,
+    bert::{Bert, BertBackbone, BertConfig, Positions, common_head, tied_decoder},
     heads::{Head, HeadKind},
     layers::{Activation, LayerNorm, Linear},
     weights::Weights,
 };
 
-pub struct Roberta {
-    backbone: BertBackbone,
-    head: Head,
-}
+/// Loads a Roberta checkpoint into the shared BERT-family model.
+pub struct Roberta;
 
 impl Roberta {
     pub fn load(
@@ -24,7 +20,7 @@ impl Roberta {
         cfg: &BertConfig,
         kind: HeadKind,
         labels: i64,
-    ) -> Result<Self, ModelError> {
+    ) -> Result<Bert, ModelError> {
         cfg.check_supported()?;
         let padding_idx = cfg.pad_token_id.unwrap_or(1);
         let prefix = w.base_prefix(&["roberta."], "embeddings.word_embeddings.weight");
@@ -51,16 +47,6 @@ impl Roberta {
             },
             other => common_head(w, other, hidden, labels)?,
         };
-        Ok(Self { backbone, head })
-    }
-}
-
-impl Encoder for Roberta {
-    fn hidden_states(&self, input: &EncoderInput) -> Tensor {
-        self.backbone.forward(input)
-    }
-
-    fn head(&self) -> &Head {
-        &self.head
+        Ok(Bert::from_parts(backbone, head))
     }
 }

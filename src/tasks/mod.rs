@@ -3,6 +3,7 @@
 //! each row's numbers into the pipeline's output. [`EncoderPipeline`] ties the three together for
 //! `lote run`; the numbers-to-answers steps are plain functions, tested on their own.
 
+mod char_text;
 pub mod classify;
 pub mod embed;
 pub mod fill_mask;

@@ -34,7 +34,7 @@ use std::str::FromStr;
 
 use serde::Serialize;
 
-use super::numpy_f32;
+use super::{char_text::CharText, numpy_f32};
 
 /// transformers' `AggregationStrategy`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -496,28 +496,6 @@ fn aggregate_overlapping_entities(mut entities: Vec<Entity>) -> Vec<Entity> {
     }
     kept.push(previous);
     kept
-}
-
-/// A string indexed by characters (Python `str` indices), not bytes.
-struct CharText<'a> {
-    text: &'a str,
-    /// Byte offset of every character, then the length in bytes.
-    bounds: Vec<usize>,
-}
-
-impl<'a> CharText<'a> {
-    fn new(text: &'a str) -> Self {
-        let bounds =
-            text.char_indices().map(|(i, _)| i).chain(std::iter::once(text.len())).collect();
-        Self { text, bounds }
-    }
-
-    /// `text[start:end]` with Python's clamping: out-of-range ends shrink, reversed spans are "".
-    fn slice(&self, start: usize, end: usize) -> &'a str {
-        let chars = self.bounds.len() - 1;
-        let (start, end) = (start.min(chars), end.min(chars));
-        if start >= end { "" } else { &self.text[self.bounds[start]..self.bounds[end]] }
-    }
 }
 
 #[cfg(test)]
