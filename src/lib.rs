@@ -7,6 +7,7 @@
 
 pub mod cli;
 pub mod device;
+pub mod engine;
 pub mod generation;
 pub mod grpc;
 pub mod metrics;

@@ -1,0 +1,328 @@
+//! The batching policy, as plain data and decisions (text-generation-inference's
+//! `State::next_batch` shape): the engine's task owns a [`BatchQueue`], pushes requests in, and
+//! asks it what to run whenever the model is free. No channel, thread or tensor is in here, so
+//! every rule is unit-tested with hand-made instants.
+//!
+//! Rules, in the order they apply:
+//! - an entry whose deadline has passed is dropped before it is computed (and returned, so its
+//!   caller gets DEADLINE_EXCEEDED);
+//! - the queue is bounded: past `max_queued` entries a push is refused (RESOURCE_EXHAUSTED);
+//! - a batch waits at most `max_batch_delay` from its oldest entry for company, and runs at once
+//!   when enough tokens are waiting to fill the budget;
+//! - two lanes: interactive (gRPC) ahead of bulk (jobs, `lote run`) at every batch boundary, but
+//!   bulk leads at least `bulk_share` of the batches while it has work, so it is never starved;
+//! - a batch holds at most `max_batch_size` entries and `max_batch_tokens` tokens counting
+//!   padding (rows x longest row); it always includes the oldest entry of its lane and prefers
+//!   entries of similar length to it, so padding stays low.
+
+use std::{
+    collections::VecDeque,
+    time::{Duration, Instant},
+};
+
+/// Which way a request came in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lane {
+    Interactive,
+    Bulk,
+}
+
+/// One queued request: its tokens (after tokenization) and its times.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Entry<T> {
+    pub item: T,
+    pub lane: Lane,
+    pub tokens: usize,
+    pub enqueued: Instant,
+    pub deadline: Option<Instant>,
+}
+
+/// The knobs, from the `batching` settings.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Policy {
+    pub max_batch_tokens: usize,
+    pub max_batch_size: usize,
+    pub max_batch_delay: Duration,
+    pub max_queued: usize,
+    pub bulk_share: f64,
+}
+
+/// What the engine should do now.
+#[derive(Debug, PartialEq)]
+pub enum Decision<T> {
+    /// Run these entries as one batch.
+    Run(Vec<Entry<T>>),
+    /// Nothing is due yet: ask again at this instant (or when a request arrives).
+    WaitUntil(Instant),
+    /// The queue is empty.
+    Idle,
+}
+
+/// Refused: the queue is full.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Overloaded {
+    pub queued: usize,
+}
+
+pub struct BatchQueue<T> {
+    policy: Policy,
+    interactive: VecDeque<Entry<T>>,
+    bulk: VecDeque<Entry<T>>,
+    batches: u64,
+    bulk_batches: u64,
+}
+
+impl<T> BatchQueue<T> {
+    pub fn new(policy: Policy) -> Self {
+        Self {
+            policy,
+            interactive: VecDeque::new(),
+            bulk: VecDeque::new(),
+            batches: 0,
+            bulk_batches: 0,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.interactive.len() + self.bulk.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Queues an entry, or refuses it when the queue is full.
+    pub fn push(&mut self, entry: Entry<T>) -> Result<(), (Overloaded, Entry<T>)> {
+        if self.len() >= self.policy.max_queued {
+            return Err((Overloaded { queued: self.len() }, entry));
+        }
+        match entry.lane {
+            Lane::Interactive => self.interactive.push_back(entry),
+            Lane::Bulk => self.bulk.push_back(entry),
+        }
+        Ok(())
+    }
+
+    /// Removes and returns the entries whose deadline is at or before `now`.
+    pub fn take_expired(&mut self, now: Instant) -> Vec<Entry<T>> {
+        let mut expired = Vec::new();
+        for queue in [&mut self.interactive, &mut self.bulk] {
+            let mut kept = VecDeque::with_capacity(queue.len());
+            for entry in queue.drain(..) {
+                if entry.deadline.is_some_and(|d| d <= now) {
+                    expired.push(entry);
+                } else {
+                    kept.push_back(entry);
+                }
+            }
+            *queue = kept;
+        }
+        expired
+    }
+
+    /// Removes entries for which `gone` is true (their caller went away).
+    pub fn remove_where(&mut self, gone: impl Fn(&T) -> bool) -> Vec<Entry<T>> {
+        let mut removed = Vec::new();
+        for queue in [&mut self.interactive, &mut self.bulk] {
+            let (out, kept): (Vec<_>, Vec<_>) = queue.drain(..).partition(|e| gone(&e.item));
+            removed.extend(out);
+            queue.extend(kept);
+        }
+        removed
+    }
+
+    /// The next batch, if one is due at `now`. Call [`BatchQueue::take_expired`] first.
+    pub fn next_batch(&mut self, now: Instant) -> Decision<T> {
+        let Some(lane) = self.leading_lane() else { return Decision::Idle };
+        let oldest = self.oldest_enqueued().expect("a lane has entries");
+        let due = oldest + self.policy.max_batch_delay;
+        if now < due && !self.budget_is_full() {
+            return Decision::WaitUntil(due);
+        }
+        let batch = self.fill(lane);
+        self.batches += 1;
+        if lane == Lane::Bulk {
+            self.bulk_batches += 1;
+        }
+        Decision::Run(batch)
+    }
+
+    /// Interactive leads unless bulk is owed its share (or interactive is empty).
+    fn leading_lane(&self) -> Option<Lane> {
+        match (self.interactive.is_empty(), self.bulk.is_empty()) {
+            (true, true) => None,
+            (false, true) => Some(Lane::Interactive),
+            (true, false) => Some(Lane::Bulk),
+            (false, false) => {
+                let owed = (self.batches + 1) as f64 * self.policy.bulk_share;
+                if (self.bulk_batches as f64) < owed.floor() {
+                    Some(Lane::Bulk)
+                } else {
+                    Some(Lane::Interactive)
+                }
+            }
+        }
+    }
+
+    fn oldest_enqueued(&self) -> Option<Instant> {
+        self.interactive.iter().chain(&self.bulk).map(|e| e.enqueued).min()
+    }
+
+    /// Whether the waiting work already fills a batch (no point waiting for company).
+    fn budget_is_full(&self) -> bool {
+        let entries = self.len();
+        let tokens: usize = self.interactive.iter().chain(&self.bulk).map(|e| e.tokens).sum();
+        entries >= self.policy.max_batch_size || tokens >= self.policy.max_batch_tokens
+    }
+
+    /// Takes the leading lane's oldest entry, then the queued entries closest to it in length
+    /// (leading lane first) while the budget allows.
+    fn fill(&mut self, lane: Lane) -> Vec<Entry<T>> {
+        let (lead, other) = match lane {
+            Lane::Interactive => (&mut self.interactive, &mut self.bulk),
+            Lane::Bulk => (&mut self.bulk, &mut self.interactive),
+        };
+        let head = lead.pop_front().expect("the leading lane has entries");
+        let target = head.tokens;
+        let mut batch = vec![head];
+        let mut longest = target;
+        for queue in [lead, other] {
+            let mut order: Vec<usize> = (0..queue.len()).collect();
+            order.sort_by_key(|&i| (queue[i].tokens.abs_diff(target), i));
+            let mut chosen = Vec::new();
+            for i in order {
+                if batch.len() + chosen.len() >= self.policy.max_batch_size {
+                    break;
+                }
+                let width = longest.max(queue[i].tokens);
+                if (batch.len() + chosen.len() + 1) * width > self.policy.max_batch_tokens {
+                    continue;
+                }
+                longest = width;
+                chosen.push(i);
+            }
+            chosen.sort_unstable_by(|a, b| b.cmp(a));
+            let mut taken: Vec<Entry<T>> =
+                chosen.into_iter().filter_map(|i| queue.remove(i)).collect();
+            taken.reverse();
+            batch.extend(taken);
+        }
+        batch
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policy() -> Policy {
+        Policy {
+            max_batch_tokens: 100,
+            max_batch_size: 4,
+            max_batch_delay: Duration::from_millis(5),
+            max_queued: 8,
+            bulk_share: 0.25,
+        }
+    }
+
+    fn entry(item: u32, lane: Lane, tokens: usize, at: Instant) -> Entry<u32> {
+        Entry { item, lane, tokens, enqueued: at, deadline: None }
+    }
+
+    fn items(decision: Decision<u32>) -> Vec<u32> {
+        match decision {
+            Decision::Run(batch) => batch.into_iter().map(|e| e.item).collect(),
+            other => panic!("expected a batch, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn an_idle_model_waits_for_company_at_most_the_delay() {
+        let t0 = Instant::now();
+        let mut queue = BatchQueue::new(policy());
+        assert_eq!(queue.next_batch(t0), Decision::Idle);
+        queue.push(entry(1, Lane::Interactive, 10, t0)).unwrap();
+        assert_eq!(queue.next_batch(t0), Decision::WaitUntil(t0 + Duration::from_millis(5)));
+        queue.push(entry(2, Lane::Interactive, 10, t0 + Duration::from_millis(2))).unwrap();
+        assert_eq!(items(queue.next_batch(t0 + Duration::from_millis(5))), vec![1, 2]);
+    }
+
+    #[test]
+    fn a_full_budget_runs_without_waiting() {
+        let t0 = Instant::now();
+        let mut queue = BatchQueue::new(policy());
+        for i in 0..4 {
+            queue.push(entry(i, Lane::Interactive, 10, t0)).unwrap();
+        }
+        assert_eq!(items(queue.next_batch(t0)), vec![0, 1, 2, 3]);
+    }
+
+    #[test]
+    fn batches_respect_size_and_padded_token_budgets() {
+        let t0 = Instant::now();
+        let mut queue = BatchQueue::new(policy());
+        for (i, tokens) in [(0, 30), (1, 30), (2, 30), (3, 30), (4, 30)] {
+            queue.push(entry(i, Lane::Interactive, tokens, t0)).unwrap();
+        }
+        // 3 x 30 = 90 fits in 100 tokens; a fourth would make 120.
+        assert_eq!(items(queue.next_batch(t0)), vec![0, 1, 2]);
+        assert_eq!(items(queue.next_batch(t0 + Duration::from_millis(5))), vec![3, 4]);
+    }
+
+    #[test]
+    fn similar_lengths_are_grouped_around_the_oldest_entry() {
+        let t0 = Instant::now();
+        let mut queue = BatchQueue::new(Policy { max_batch_tokens: 1000, ..policy() });
+        for (i, tokens) in [(0, 10), (1, 200), (2, 12), (3, 190), (4, 9), (5, 11)] {
+            queue.push(entry(i, Lane::Interactive, tokens, t0)).unwrap();
+        }
+        assert_eq!(items(queue.next_batch(t0)), vec![0, 2, 4, 5]);
+        assert_eq!(items(queue.next_batch(t0 + Duration::from_millis(5))), vec![1, 3]);
+    }
+
+    #[test]
+    fn interactive_leads_but_bulk_is_never_starved() {
+        let t0 = Instant::now();
+        let mut queue = BatchQueue::new(Policy { max_batch_size: 1, max_queued: 100, ..policy() });
+        for i in 0..4 {
+            queue.push(entry(100 + i, Lane::Bulk, 10, t0)).unwrap();
+        }
+        let mut leads = Vec::new();
+        for round in 0..8u32 {
+            queue.push(entry(round, Lane::Interactive, 10, t0)).unwrap();
+            leads.extend(items(queue.next_batch(t0 + Duration::from_secs(1))));
+        }
+        let bulk = leads.iter().filter(|&&i| i >= 100).count();
+        assert_eq!(bulk, 2, "a quarter of 8 batches go to bulk: {leads:?}");
+        assert!(leads[0] < 100, "interactive first: {leads:?}");
+    }
+
+    #[test]
+    fn expired_and_abandoned_entries_leave_before_they_are_computed() {
+        let t0 = Instant::now();
+        let mut queue = BatchQueue::new(policy());
+        let mut late = entry(1, Lane::Interactive, 10, t0);
+        late.deadline = Some(t0 + Duration::from_millis(1));
+        queue.push(late).unwrap();
+        queue.push(entry(2, Lane::Bulk, 10, t0)).unwrap();
+        queue.push(entry(3, Lane::Interactive, 10, t0)).unwrap();
+        let expired = queue.take_expired(t0 + Duration::from_millis(1));
+        assert_eq!(expired.iter().map(|e| e.item).collect::<Vec<_>>(), vec![1]);
+        let gone = queue.remove_where(|&item| item == 3);
+        assert_eq!(gone.len(), 1);
+        assert_eq!(items(queue.next_batch(t0 + Duration::from_millis(5))), vec![2]);
+        assert!(queue.is_empty());
+    }
+
+    #[test]
+    fn a_full_queue_refuses_at_once() {
+        let t0 = Instant::now();
+        let mut queue = BatchQueue::new(policy());
+        for i in 0..8 {
+            queue.push(entry(i, Lane::Interactive, 10, t0)).unwrap();
+        }
+        let (overloaded, entry) = queue.push(entry(9, Lane::Bulk, 10, t0)).unwrap_err();
+        assert_eq!(overloaded, Overloaded { queued: 8 });
+        assert_eq!(entry.item, 9);
+    }
+}
