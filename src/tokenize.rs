@@ -4,7 +4,11 @@
 //! slice Portuguese accents, emoji and CJK correctly. Truncation and padding are decided here per
 //! call, never by whatever tokenizer.json carries.
 
-use std::path::{Path, PathBuf};
+use std::{
+    collections::HashMap,
+    path::{Path, PathBuf},
+    sync::{Arc, Mutex},
+};
 
 use tokenizers::{
     EncodeInput, Encoding, Tokenizer, TruncationDirection, TruncationParams, TruncationStrategy,
@@ -63,10 +67,16 @@ impl Encoded {
     }
 }
 
+/// Truncation settings a call asked for: (max_length, stride, only the second sequence).
+type TruncationKey = (usize, usize, bool);
+
 /// A model's tokenizer and the facts about it the tasks need.
 #[derive(Clone)]
 pub struct TextTokenizer {
     inner: Tokenizer,
+    /// Copies of `inner` with truncation set, made once per setting: cloning a tokenizer
+    /// copies its whole vocabulary, too slow to do per input.
+    truncating: Arc<Mutex<HashMap<TruncationKey, Arc<Tokenizer>>>>,
     /// Longest input the model takes, special tokens included.
     pub max_length: usize,
     pub pad_id: u32,
@@ -114,7 +124,16 @@ impl TextTokenizer {
             (None, Some(b)) => b,
             (None, None) => 512,
         };
-        Ok(Self { inner, max_length, pad_id, mask, unk_id, cls_id, word_aware })
+        Ok(Self {
+            inner,
+            truncating: Arc::default(),
+            max_length,
+            pad_id,
+            mask,
+            unk_id,
+            cls_id,
+            word_aware,
+        })
     }
 
     /// Encodes `text` with special tokens. Longer than `max_length`: truncated when `truncate`,
@@ -150,18 +169,9 @@ impl TextTokenizer {
         if !truncate {
             return Err(TokenizeError::TooLong { tokens, limit: self.max_length });
         }
-        let mut tokenizer = self.inner.clone();
-        tokenizer
-            .with_truncation(Some(TruncationParams {
-                direction: TruncationDirection::Right,
-                max_length: self.max_length,
-                strategy: TruncationStrategy::LongestFirst,
-                stride: 0,
-            }))
-            .map_err(|e| TokenizeError::Failed(e.to_string()))?;
-        let cut = tokenizer
-            .encode_char_offsets(input, true)
-            .map_err(|e| TokenizeError::Failed(e.to_string()))?;
+        let cut = self.with_truncation((self.max_length, 0, false), |tokenizer| {
+            tokenizer.encode_char_offsets(input, true)
+        })?;
         Ok(Encoded::from_encoding(&cut, tokens))
     }
 
@@ -178,23 +188,14 @@ impl TextTokenizer {
         if question.trim().is_empty() || context.trim().is_empty() {
             return Err(TokenizeError::Empty);
         }
-        let mut tokenizer = self.inner.clone();
-        tokenizer
-            .with_truncation(Some(TruncationParams {
-                direction: TruncationDirection::Right,
-                max_length,
-                strategy: TruncationStrategy::OnlySecond,
-                stride,
-            }))
-            .map_err(|e| TokenizeError::Failed(e.to_string()))?;
         let total = self
             .inner
             .encode_char_offsets((question, context), true)
             .map_err(|e| TokenizeError::Failed(e.to_string()))?
             .len();
-        let mut main = tokenizer
-            .encode_char_offsets((question, context), true)
-            .map_err(|e| TokenizeError::Failed(e.to_string()))?;
+        let mut main = self.with_truncation((max_length, stride, true), |tokenizer| {
+            tokenizer.encode_char_offsets((question, context), true)
+        })?;
         let overflowing = main.take_overflowing();
         let windows = 1 + overflowing.len();
         let mut out = Vec::with_capacity(windows);
@@ -209,6 +210,41 @@ impl TextTokenizer {
                 encoded
             })
             .collect())
+    }
+
+    /// Runs `encode` on a copy of the tokenizer that truncates as `key` says.
+    fn with_truncation(
+        &self,
+        key: TruncationKey,
+        encode: impl FnOnce(&Tokenizer) -> tokenizers::Result<Encoding>,
+    ) -> Result<Encoding, TokenizeError> {
+        let failed = |e: &dyn std::fmt::Display| TokenizeError::Failed(e.to_string());
+        let tokenizer = {
+            let mut copies =
+                self.truncating.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            match copies.entry(key) {
+                std::collections::hash_map::Entry::Occupied(copy) => copy.get().clone(),
+                std::collections::hash_map::Entry::Vacant(slot) => {
+                    let (max_length, stride, only_second) = key;
+                    let mut tokenizer = self.inner.clone();
+                    tokenizer
+                        .with_truncation(Some(TruncationParams {
+                            direction: TruncationDirection::Right,
+                            max_length,
+                            strategy: if only_second {
+                                TruncationStrategy::OnlySecond
+                            } else {
+                                TruncationStrategy::LongestFirst
+                            },
+                            stride,
+                        }))
+                        .map_err(|e| failed(&e))?;
+                    slot.insert(Arc::new(tokenizer)).clone()
+                }
+            }
+        };
+        // The lock is released: encodings on other threads do not wait for this one.
+        encode(&tokenizer).map_err(|e| failed(&e))
     }
 
     pub fn decode(&self, ids: &[u32], skip_special_tokens: bool) -> Result<String, TokenizeError> {
