@@ -112,11 +112,43 @@ pub struct EncoderPipeline {
     pub task: Task,
     pub identity: ModelIdentity,
     pub tokenizer: TextTokenizer,
-    encoder: LoadedEncoder,
+    model: EncoderModel,
+    labels: Vec<String>,
+    problem_type: Option<String>,
     pooling: embed::PoolingConfig,
+    pub budget: BatchBudget,
+}
+
+/// The model side of an encoder task: runs padded batches of rows and hands back each row's
+/// numbers as plain vectors. It owns the tensors, so it lives on one thread (the engine's model
+/// thread, through [`BatchModel`]); the tokenizer side stays with the callers.
+pub struct EncoderModel {
+    encoder: LoadedEncoder,
+    task: Task,
     device: Device,
     token_types: bool,
-    pub budget: BatchBudget,
+    pad_id: u32,
+}
+
+/// What a row needs from the model's output.
+#[derive(Debug, Clone)]
+pub enum Extract {
+    /// One vector per token (QA, token classification, unpooled embeddings are pooled as None).
+    Tokens,
+    /// The row's single output (sequence classification).
+    Sequence,
+    /// Softmax over the vocabulary at these positions (fill-mask).
+    MaskProbabilities(Vec<i64>),
+    /// Pooled (and maybe normalised) hidden states (feature extraction).
+    Pooled(embed::PoolingConfig),
+}
+
+/// One row for the model: token ids and what to extract.
+#[derive(Debug, Clone)]
+pub struct RowRequest {
+    pub ids: Vec<u32>,
+    pub type_ids: Vec<u32>,
+    pub extract: Extract,
 }
 
 /// What a prepared input asks of the model.
@@ -138,7 +170,7 @@ impl Prepared {
 
 /// One row's numbers: `rows x cols`, row-major.
 #[derive(Debug, Clone, Default)]
-struct RowOutput {
+pub struct RowOutput {
     cols: usize,
     values: Vec<f32>,
 }
@@ -150,6 +182,10 @@ impl RowOutput {
         let values =
             Vec::<f32>::try_from(tensor.view(-1)).map_err(|e| TaskError::Model(e.to_string()))?;
         Ok(Self { cols, values })
+    }
+
+    pub fn values(&self) -> &[f32] {
+        &self.values
     }
 
     fn matrix(&self) -> Vec<Vec<f32>> {
@@ -211,13 +247,29 @@ impl EncoderPipeline {
         Ok(Self {
             task,
             identity: ModelIdentity { name, sha256: encoder.sha256.clone() },
+            labels: encoder.labels.clone(),
+            problem_type: encoder.config.problem_type.clone(),
+            model: EncoderModel {
+                encoder,
+                task,
+                device: placement.device,
+                token_types,
+                pad_id: tokenizer.pad_id,
+            },
             tokenizer,
-            encoder,
             pooling,
-            device: placement.device,
-            token_types,
             budget,
         })
+    }
+
+    /// The model side, for running rows directly.
+    pub fn model(&self) -> &EncoderModel {
+        &self.model
+    }
+
+    /// Gives up the tokenizer side and keeps the model, for the engine's model thread.
+    pub fn into_model(self) -> EncoderModel {
+        self.model
     }
 
     /// Parses a task's parameters from a JSON object; unknown names are errors.
@@ -274,7 +326,13 @@ impl EncoderPipeline {
             stats.rows += batch.len();
             stats.real_tokens += batch.iter().map(|(_, _, e)| e.len()).sum::<usize>();
             stats.computed_tokens += width * batch.len();
-            let results = self.forward(&batch, &prepared, items);
+            let requests: Vec<RowRequest> = batch
+                .iter()
+                .map(|(item, _, encoded)| {
+                    self.row_request(&items[*item].1, &prepared[*item], encoded)
+                })
+                .collect();
+            let results = self.model.forward_rows(&requests);
             for ((item, window, _), result) in batch.iter().zip(results) {
                 outputs[*item][*window] = result;
             }
@@ -327,55 +385,24 @@ impl EncoderPipeline {
         }
     }
 
-    /// Runs one batch and extracts each row's numbers.
-    fn forward(
+    /// What the model must extract for one row of a prepared input.
+    fn row_request(
         &self,
-        batch: &[(usize, usize, &Encoded)],
-        prepared: &[Result<Prepared, TaskError>],
-        items: &[(TaskInput, TaskParams)],
-    ) -> Vec<Result<RowOutput, TaskError>> {
-        let ids: Vec<&[u32]> = batch.iter().map(|(_, _, e)| e.ids.as_slice()).collect();
-        let types: Vec<&[u32]> = batch.iter().map(|(_, _, e)| e.type_ids.as_slice()).collect();
-        let input = EncoderInput::from_rows(
-            &ids,
-            self.token_types.then_some(types.as_slice()),
-            self.tokenizer.pad_id,
-            self.device,
-        );
-        let model = &self.encoder.model;
-        // Embeddings pool per row (rows of one batch may ask for different pooling).
-        let output = match self.task {
-            Task::FeatureExtraction => model.encode(&input),
-            _ => model.forward(&input),
+        params: &TaskParams,
+        prepared: &Result<Prepared, TaskError>,
+        encoded: &Encoded,
+    ) -> RowRequest {
+        let extract = match (self.task, params, prepared) {
+            (Task::FillMask, _, Ok(Prepared::FillMask(p))) => {
+                Extract::MaskProbabilities(p.mask_positions.iter().map(|&i| i as i64).collect())
+            }
+            (Task::TextClassification, _, _) => Extract::Sequence,
+            (Task::FeatureExtraction, TaskParams::FeatureExtraction(params), _) => {
+                Extract::Pooled(self.pooling.with_params(params))
+            }
+            _ => Extract::Tokens,
         };
-        batch
-            .iter()
-            .enumerate()
-            .map(|(b, (item, _, encoded))| {
-                let row = output.get(b as i64);
-                let len = encoded.len() as i64;
-                let tensor = match (&self.task, &prepared[*item]) {
-                    (Task::FillMask, Ok(Prepared::FillMask(p))) => {
-                        let positions: Vec<i64> =
-                            p.mask_positions.iter().map(|&i| i as i64).collect();
-                        row.index_select(0, &Tensor::from_slice(&positions).to_device(self.device))
-                            .softmax(-1, Kind::Float)
-                    }
-                    (Task::TextClassification, _) => row,
-                    (Task::FeatureExtraction, _) => {
-                        let TaskParams::FeatureExtraction(params) = &items[*item].1 else {
-                            unreachable!("feature-extraction rows carry embed params")
-                        };
-                        let pooling = self.pooling.with_params(params);
-                        let hidden = row.narrow(0, 0, len).unsqueeze(0);
-                        let mask = Tensor::ones([1, len], (Kind::Int64, self.device));
-                        pooling.apply(&hidden, &mask).squeeze_dim(0)
-                    }
-                    _ => row.narrow(0, 0, len),
-                };
-                RowOutput::from_tensor(&tensor)
-            })
-            .collect()
+        RowRequest { ids: encoded.ids.clone(), type_ids: encoded.type_ids.clone(), extract }
     }
 
     fn finish(
@@ -408,14 +435,11 @@ impl EncoderPipeline {
             }
             (TaskParams::TextClassification(p), _, _) => {
                 let function = p.function_to_apply.unwrap_or_else(|| {
-                    classify::default_function(
-                        self.encoder.config.problem_type.as_deref(),
-                        self.encoder.labels.len(),
-                    )
+                    classify::default_function(self.problem_type.as_deref(), self.labels.len())
                 });
                 TaskOutput::Labels(classify::finish(
                     &rows[0].values,
-                    &self.encoder.labels,
+                    &self.labels,
                     function,
                     p.top_k,
                 )?)
@@ -429,7 +453,7 @@ impl EncoderPipeline {
                 text,
                 encoded,
                 rows[0].matrix(),
-                &self.encoder.labels,
+                &self.labels,
                 p,
             )?),
             (TaskParams::FeatureExtraction(p), _, _) => {
@@ -443,6 +467,55 @@ impl EncoderPipeline {
             _ => unreachable!("prepare matched params to input"),
         };
         Ok(TaskResult { output, input_tokens, truncated })
+    }
+}
+
+impl EncoderModel {
+    /// Runs `rows` as one right-padded batch; each row gets its own numbers or error.
+    pub fn forward_rows(&self, rows: &[RowRequest]) -> Vec<Result<RowOutput, TaskError>> {
+        let ids: Vec<&[u32]> = rows.iter().map(|r| r.ids.as_slice()).collect();
+        let types: Vec<&[u32]> = rows.iter().map(|r| r.type_ids.as_slice()).collect();
+        let input = EncoderInput::from_rows(
+            &ids,
+            self.token_types.then_some(types.as_slice()),
+            self.pad_id,
+            self.device,
+        );
+        let model = &self.encoder.model;
+        // Embeddings pool per row (rows of one batch may ask for different pooling).
+        let output = match self.task {
+            Task::FeatureExtraction => model.encode(&input),
+            _ => model.forward(&input),
+        };
+        rows.iter()
+            .enumerate()
+            .map(|(b, request)| {
+                let row = output.get(b as i64);
+                let len = request.ids.len() as i64;
+                let tensor = match &request.extract {
+                    Extract::MaskProbabilities(positions) => row
+                        .index_select(0, &Tensor::from_slice(positions).to_device(self.device))
+                        .softmax(-1, Kind::Float),
+                    Extract::Sequence => row,
+                    Extract::Pooled(pooling) => {
+                        let hidden = row.narrow(0, 0, len).unsqueeze(0);
+                        let mask = Tensor::ones([1, len], (Kind::Int64, self.device));
+                        pooling.apply(&hidden, &mask).squeeze_dim(0)
+                    }
+                    Extract::Tokens => row.narrow(0, 0, len),
+                };
+                RowOutput::from_tensor(&tensor)
+            })
+            .collect()
+    }
+}
+
+impl crate::engine::batcher::BatchModel for EncoderModel {
+    type Input = RowRequest;
+    type Output = RowOutput;
+
+    fn run(&mut self, batch: Vec<RowRequest>) -> Vec<Result<RowOutput, String>> {
+        self.forward_rows(&batch).into_iter().map(|r| r.map_err(|e| e.to_string())).collect()
     }
 }
 
