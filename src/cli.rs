@@ -175,6 +175,13 @@ fn run_file(settings: Settings, args: &RunArgs) -> Result<(), CliError> {
         params: &args.params,
         placement,
         budget,
+        policy: crate::engine::policy::Policy {
+            max_batch_tokens: settings.batching.max_batch_tokens,
+            max_batch_size: settings.batching.max_batch_size,
+            max_batch_delay: settings.batching.max_batch_delay,
+            max_queued: settings.batching.max_queued,
+            bulk_share: settings.batching.bulk_share,
+        },
     })?;
     let seconds = started.elapsed().as_secs_f64();
     let stats = summary.batches;

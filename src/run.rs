@@ -12,13 +12,21 @@ use std::{
 
 use serde_json::{Map, Value, json};
 
+use std::sync::{Arc, Mutex};
+
 use crate::{
     device::Placement,
+    engine::{
+        batcher::{BatchError, Batcher},
+        policy::{Lane, Policy},
+    },
     settings::Task,
     tasks::{
         EncoderPipeline, TaskError, TaskInput, TaskOutput, TaskResult,
         generate::{Generation, GenerationLoadError, GenerationParams, GenerationPipeline},
-        pipeline::{BatchBudget, BatchStats, ModelIdentity, PipelineError, TaskParams},
+        pipeline::{
+            BatchBudget, BatchStats, EncoderModel, ModelIdentity, PipelineError, TaskParams,
+        },
     },
 };
 
@@ -47,6 +55,8 @@ pub struct RunRequest<'a> {
     pub params: &'a [String],
     pub placement: Placement,
     pub budget: BatchBudget,
+    /// The engine's batching policy (the bulk lane is used).
+    pub policy: Policy,
 }
 
 /// Counts of a finished run.
@@ -123,10 +133,64 @@ pub fn parse_cli_params(pairs: &[String]) -> Result<Map<String, Value>, RunError
     Ok(params)
 }
 
-/// The model behind a run: an encoder task or a generation task.
+/// The model behind a run: an encoder task (its model on the engine's model thread, fed
+/// through the bulk lane) or a generation task.
 enum Runner {
-    Encoder(Box<EncoderPipeline>),
+    Encoder(Box<EncoderEngine>),
     Generation(Box<GenerationPipeline>, usize),
+}
+
+/// An encoder task run by the engine: the pipeline tokenizes and post-processes here, the
+/// batcher runs the rows on the model thread.
+struct EncoderEngine {
+    pipeline: EncoderPipeline,
+    batcher: Batcher<EncoderModel>,
+    stats: Arc<Mutex<BatchStats>>,
+    /// Rows in flight at once, kept under the queue bound so bulk work never overflows it.
+    in_flight: usize,
+    runtime: tokio::runtime::Runtime,
+}
+
+impl EncoderEngine {
+    fn start(mut pipeline: EncoderPipeline, policy: Policy) -> std::io::Result<Self> {
+        let stats = pipeline.stats().expect("a freshly loaded pipeline has its model");
+        let model = pipeline.take_model().expect("a freshly loaded pipeline has its model");
+        let runtime =
+            tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?;
+        let batcher = runtime.block_on(async { Batcher::start(model, policy) });
+        Ok(Self { pipeline, batcher, stats, in_flight: (policy.max_queued / 2).max(1), runtime })
+    }
+
+    fn run(&self, items: &[(TaskInput, TaskParams)]) -> Vec<Result<TaskResult, TaskError>> {
+        self.pipeline.run_rows(items, |requests| {
+            self.runtime.block_on(async {
+                let mut answers = Vec::with_capacity(requests.len());
+                let mut requests = requests.into_iter().peekable();
+                while requests.peek().is_some() {
+                    let calls: Vec<_> = requests
+                        .by_ref()
+                        .take(self.in_flight)
+                        .map(|request| {
+                            let batcher = self.batcher.clone();
+                            let tokens = request.ids.len();
+                            tokio::spawn(async move {
+                                batcher.infer(request, tokens, Lane::Bulk, None).await
+                            })
+                        })
+                        .collect();
+                    for call in calls {
+                        answers.push(match call.await {
+                            Ok(Ok(output)) => Ok(output),
+                            Ok(Err(BatchError::Model(message))) => Err(TaskError::Model(message)),
+                            Ok(Err(other)) => Err(TaskError::Model(other.to_string())),
+                            Err(join) => Err(TaskError::Model(join.to_string())),
+                        });
+                    }
+                }
+                answers
+            })
+        })
+    }
 }
 
 /// A line's parameters, parsed for its runner.
@@ -145,34 +209,38 @@ impl Runner {
                     .map(|p| Runner::Generation(Box::new(p), request.budget.max_batch_size))
                     .map_err(|source| RunError::LoadGenerator { path, source })
             }
-            _ => EncoderPipeline::load(
-                request.model,
-                request.task,
-                &request.placement,
-                request.budget,
-            )
-            .map(|p| Runner::Encoder(Box::new(p)))
-            .map_err(|source| RunError::Load { path, source }),
+            _ => {
+                let pipeline = EncoderPipeline::load(
+                    request.model,
+                    request.task,
+                    &request.placement,
+                    request.budget,
+                )
+                .map_err(|source| RunError::Load { path: path.clone(), source })?;
+                let engine = EncoderEngine::start(pipeline, request.policy)
+                    .map_err(|source| RunError::Io { path, source })?;
+                Ok(Runner::Encoder(Box::new(engine)))
+            }
         }
     }
 
     fn task(&self) -> Task {
         match self {
-            Runner::Encoder(p) => p.task,
+            Runner::Encoder(e) => e.pipeline.task,
             Runner::Generation(p, _) => p.task,
         }
     }
 
     fn identity(&self) -> &ModelIdentity {
         match self {
-            Runner::Encoder(p) => &p.identity,
+            Runner::Encoder(e) => &e.pipeline.identity,
             Runner::Generation(p, _) => &p.identity,
         }
     }
 
     fn parse_params(&self, params: &Value) -> Result<LineParams, TaskError> {
         match self {
-            Runner::Encoder(p) => p.parse_params(params).map(LineParams::Encoder),
+            Runner::Encoder(e) => e.pipeline.parse_params(params).map(LineParams::Encoder),
             Runner::Generation(p, _) => {
                 p.parse_params(params).map(|params| LineParams::Generation(Box::new(params)))
             }
@@ -186,7 +254,7 @@ impl Runner {
         stats: &mut BatchStats,
     ) -> Vec<Result<Map<String, Value>, TaskError>> {
         match self {
-            Runner::Encoder(p) => {
+            Runner::Encoder(engine) => {
                 let items: Vec<(TaskInput, TaskParams)> = items
                     .into_iter()
                     .map(|(input, params)| match params {
@@ -196,7 +264,9 @@ impl Runner {
                         }
                     })
                     .collect();
-                p.run(&items, stats).into_iter().map(|r| r.map(|r| result_fields(&r))).collect()
+                let answers = engine.run(&items);
+                *stats = *engine.stats.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+                answers.into_iter().map(|r| r.map(|r| result_fields(&r))).collect()
             }
             Runner::Generation(p, max_batch) => {
                 let items: Vec<(TaskInput, GenerationParams)> = items

@@ -40,6 +40,7 @@ async fn rows_through_the_batcher_equal_direct_rows() {
         .map(|r| {
             direct
                 .model()
+                .unwrap()
                 .forward_rows(std::slice::from_ref(r))
                 .remove(0)
                 .unwrap()
@@ -55,7 +56,7 @@ async fn rows_through_the_batcher_equal_direct_rows() {
         max_queued: 64,
         bulk_share: 0.2,
     };
-    let batcher = Batcher::start(load().into_model(), policy);
+    let batcher = Batcher::start(load().take_model().unwrap(), policy);
     let calls: Vec<_> = requests
         .into_iter()
         .map(|request| {

@@ -7,10 +7,7 @@ mod common;
 use lote::{
     device::Placement,
     settings::{Dtype, Task},
-    tasks::{
-        Embedding, EncoderPipeline, TaskInput, TaskOutput,
-        pipeline::{BatchBudget, BatchStats},
-    },
+    tasks::{Embedding, EncoderPipeline, TaskInput, TaskOutput, pipeline::BatchBudget},
 };
 
 fn cosine(a: &[f32], b: &[f32]) -> f64 {
@@ -40,8 +37,7 @@ fn embeddings_match_sentence_transformers() {
             (input, pipeline.parse_params(&serde_json::json!({})).unwrap())
         })
         .collect();
-    let mut stats = BatchStats::default();
-    let results = pipeline.run(&items, &mut stats);
+    let results = pipeline.run(&items);
     for (i, result) in results.into_iter().enumerate() {
         let result = result.unwrap();
         let TaskOutput::Embedding(Embedding::Pooled(ours)) = result.output else {

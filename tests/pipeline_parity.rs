@@ -8,10 +8,7 @@ mod common;
 use lote::{
     device::Placement,
     settings::{Dtype, Task},
-    tasks::{
-        Embedding, EncoderPipeline, TaskInput, TaskOutput,
-        pipeline::{BatchBudget, BatchStats},
-    },
+    tasks::{Embedding, EncoderPipeline, TaskInput, TaskOutput, pipeline::BatchBudget},
 };
 use serde_json::{Map, Value, json};
 
@@ -47,7 +44,7 @@ fn replay(name: &str, task: Task, key: &str) -> Vec<(Value, Value, String)> {
         let params = pipeline.parse_params(&Value::Object(kwargs)).unwrap();
         items.push((input, params));
     }
-    let results = pipeline.run(&items, &mut BatchStats::default());
+    let results = pipeline.run(&items);
     cases
         .iter()
         .zip(results)
@@ -149,7 +146,7 @@ fn embeddings_match_sentence_transformers() {
                 (input, pipeline.parse_params(&json!({})).unwrap())
             })
             .collect();
-        let results = pipeline.run(&items, &mut BatchStats::default());
+        let results = pipeline.run(&items);
         for (i, result) in results.into_iter().enumerate() {
             let TaskOutput::Embedding(Embedding::Pooled(ours)) = result.unwrap().output else {
                 panic!("{name}: expected a pooled embedding")

@@ -12,13 +12,16 @@
 //! - two lanes: interactive (gRPC) ahead of bulk (jobs, `lote run`) at every batch boundary, but
 //!   bulk leads at least `bulk_share` of the batches while it has work, so it is never starved;
 //! - a batch holds at most `max_batch_size` entries and `max_batch_tokens` tokens counting
-//!   padding (rows x longest row); it always includes the oldest entry of its lane and prefers
-//!   entries of similar length to it, so padding stays low.
+//!   padding (rows x longest row); it always includes the oldest entry of its lane and adds
+//!   entries of similar length to it while at least 90% of its tokens stay real.
 
 use std::{
     collections::VecDeque,
     time::{Duration, Instant},
 };
+
+/// The least share of real (non-padding) tokens a batch may have.
+pub const PADDING_TARGET: f64 = 0.9;
 
 /// Which way a request came in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -186,6 +189,7 @@ impl<T> BatchQueue<T> {
         let target = head.tokens;
         let mut batch = vec![head];
         let mut longest = target;
+        let mut real = target;
         for queue in [lead, other] {
             let mut order: Vec<usize> = (0..queue.len()).collect();
             order.sort_by_key(|&i| (queue[i].tokens.abs_diff(target), i));
@@ -195,10 +199,13 @@ impl<T> BatchQueue<T> {
                     break;
                 }
                 let width = longest.max(queue[i].tokens);
-                if (batch.len() + chosen.len() + 1) * width > self.policy.max_batch_tokens {
+                let computed = (batch.len() + chosen.len() + 1) * width;
+                let efficiency = (real + queue[i].tokens) as f64 / computed.max(1) as f64;
+                if computed > self.policy.max_batch_tokens || efficiency < PADDING_TARGET {
                     continue;
                 }
                 longest = width;
+                real += queue[i].tokens;
                 chosen.push(i);
             }
             chosen.sort_unstable_by(|a, b| b.cmp(a));
@@ -276,8 +283,23 @@ mod tests {
         for (i, tokens) in [(0, 10), (1, 200), (2, 12), (3, 190), (4, 9), (5, 11)] {
             queue.push(entry(i, Lane::Interactive, tokens, t0)).unwrap();
         }
-        assert_eq!(items(queue.next_batch(t0)), vec![0, 2, 4, 5]);
-        assert_eq!(items(queue.next_batch(t0 + Duration::from_millis(5))), vec![1, 3]);
+        // 12 would bring the short batch below 90% real tokens (42 of 48).
+        assert_eq!(items(queue.next_batch(t0)), vec![0, 4, 5]);
+        let later = t0 + Duration::from_millis(5);
+        assert_eq!(items(queue.next_batch(later)), vec![1, 3]);
+        assert_eq!(items(queue.next_batch(later)), vec![2]);
+    }
+
+    #[test]
+    fn a_row_that_would_pad_the_batch_below_the_target_waits_for_its_own() {
+        let t0 = Instant::now();
+        let mut queue = BatchQueue::new(Policy { max_batch_tokens: 1000, ..policy() });
+        for (i, tokens) in [(0, 10), (1, 10), (2, 20)] {
+            queue.push(entry(i, Lane::Interactive, tokens, t0)).unwrap();
+        }
+        // With 2 (20 tokens) the batch would be 40 real tokens in 60 computed.
+        assert_eq!(items(queue.next_batch(t0 + Duration::from_millis(5))), vec![0, 1]);
+        assert_eq!(items(queue.next_batch(t0 + Duration::from_millis(5))), vec![2]);
     }
 
     #[test]

@@ -3,7 +3,10 @@
 //! sorted by length and cut into batches under a token budget that counts padding, so mixed
 //! lengths waste little compute; every row's numbers come back as plain vectors.
 
-use std::path::Path;
+use std::{
+    path::Path,
+    sync::{Arc, Mutex},
+};
 
 use serde::Serialize;
 use tch::{Device, Kind, Tensor};
@@ -19,8 +22,7 @@ use crate::{
     tokenize::{Encoded, TextTokenizer, TokenizeError},
 };
 
-/// The least share of real (non-padding) tokens a batch may have.
-const PADDING_TARGET: f64 = 0.9;
+use crate::engine::policy::PADDING_TARGET;
 
 /// Splits rows of ascending `widths` into consecutive batches within `budget`: at most
 /// `max_batch_size` rows, at most `max_batch_tokens` computed tokens (padding counted), and a
@@ -112,7 +114,8 @@ pub struct EncoderPipeline {
     pub task: Task,
     pub identity: ModelIdentity,
     pub tokenizer: TextTokenizer,
-    model: EncoderModel,
+    /// None once [`EncoderPipeline::take_model`] gave it to the engine.
+    model: Option<EncoderModel>,
     labels: Vec<String>,
     problem_type: Option<String>,
     pooling: embed::PoolingConfig,
@@ -128,6 +131,8 @@ pub struct EncoderModel {
     device: Device,
     token_types: bool,
     pad_id: u32,
+    /// What this model computed, shared with whoever reports it.
+    stats: Arc<Mutex<BatchStats>>,
 }
 
 /// What a row needs from the model's output.
@@ -249,27 +254,29 @@ impl EncoderPipeline {
             identity: ModelIdentity { name, sha256: encoder.sha256.clone() },
             labels: encoder.labels.clone(),
             problem_type: encoder.config.problem_type.clone(),
-            model: EncoderModel {
+            model: Some(EncoderModel {
                 encoder,
                 task,
                 device: placement.device,
                 token_types,
                 pad_id: tokenizer.pad_id,
-            },
+                stats: Arc::default(),
+            }),
             tokenizer,
             pooling,
             budget,
         })
     }
 
-    /// The model side, for running rows directly.
-    pub fn model(&self) -> &EncoderModel {
-        &self.model
+    /// The model side, for running rows directly (None once the engine took it).
+    pub fn model(&self) -> Option<&EncoderModel> {
+        self.model.as_ref()
     }
 
-    /// Gives up the tokenizer side and keeps the model, for the engine's model thread.
-    pub fn into_model(self) -> EncoderModel {
-        self.model
+    /// Hands the model side to the engine's model thread; the pipeline keeps tokenizing and
+    /// post-processing, and runs rows through [`EncoderPipeline::run_rows`].
+    pub fn take_model(&mut self) -> Option<EncoderModel> {
+        self.model.take()
     }
 
     /// Parses a task's parameters from a JSON object; unknown names are errors.
@@ -299,10 +306,28 @@ impl EncoderPipeline {
     }
 
     /// Answers every input; each gets its own result or error, in input order.
-    pub fn run(
+    pub fn run(&self, items: &[(TaskInput, TaskParams)]) -> Vec<Result<TaskResult, TaskError>> {
+        self.run_rows(items, |requests| match &self.model {
+            Some(model) => {
+                let widths: Vec<usize> = requests.iter().map(|r| r.ids.len()).collect();
+                cut_batches(&widths, self.budget)
+                    .into_iter()
+                    .flat_map(|range| model.forward_rows(&requests[range]))
+                    .collect()
+            }
+            None => requests
+                .iter()
+                .map(|_| Err(TaskError::Model("the model was handed to the engine".into())))
+                .collect(),
+        })
+    }
+
+    /// Answers every input, in order, with `answer` running the rows (length-sorted) on a model:
+    /// directly, or through the engine's batcher. Each input gets its own result or error.
+    pub fn run_rows(
         &self,
         items: &[(TaskInput, TaskParams)],
-        stats: &mut BatchStats,
+        answer: impl FnOnce(Vec<RowRequest>) -> Vec<Result<RowOutput, TaskError>>,
     ) -> Vec<Result<TaskResult, TaskError>> {
         let prepared: Vec<Result<Prepared, TaskError>> =
             items.iter().map(|(input, params)| self.prepare(input, params)).collect();
@@ -315,27 +340,17 @@ impl EncoderPipeline {
             }
         }
         rows.sort_by_key(|(_, _, encoded)| encoded.len());
+        let requests: Vec<RowRequest> = rows
+            .iter()
+            .map(|(item, _, encoded)| self.row_request(&items[*item].1, &prepared[*item], encoded))
+            .collect();
         let mut outputs: Vec<Vec<Result<RowOutput, TaskError>>> = prepared
             .iter()
             .map(|p| p.as_ref().map_or(0, |p| p.rows().len()))
             .map(|n| vec![Ok(RowOutput::default()); n])
             .collect();
-        for batch in self.batches(&rows) {
-            let width = batch.iter().map(|(_, _, e)| e.len()).max().unwrap_or(0);
-            stats.batches += 1;
-            stats.rows += batch.len();
-            stats.real_tokens += batch.iter().map(|(_, _, e)| e.len()).sum::<usize>();
-            stats.computed_tokens += width * batch.len();
-            let requests: Vec<RowRequest> = batch
-                .iter()
-                .map(|(item, _, encoded)| {
-                    self.row_request(&items[*item].1, &prepared[*item], encoded)
-                })
-                .collect();
-            let results = self.model.forward_rows(&requests);
-            for ((item, window, _), result) in batch.iter().zip(results) {
-                outputs[*item][*window] = result;
-            }
+        for ((item, window, _), result) in rows.iter().zip(answer(requests)) {
+            outputs[*item][*window] = result;
         }
         prepared
             .into_iter()
@@ -348,13 +363,9 @@ impl EncoderPipeline {
             .collect()
     }
 
-    /// Cuts length-sorted rows into batches (see [`cut_batches`]).
-    fn batches<'a>(
-        &self,
-        rows: &[(usize, usize, &'a Encoded)],
-    ) -> Vec<Vec<(usize, usize, &'a Encoded)>> {
-        let widths: Vec<usize> = rows.iter().map(|(_, _, e)| e.len()).collect();
-        cut_batches(&widths, self.budget).into_iter().map(|range| rows[range].to_vec()).collect()
+    /// What the model side has computed so far (batches, real and padded tokens).
+    pub fn stats(&self) -> Option<Arc<Mutex<BatchStats>>> {
+        self.model.as_ref().map(|m| m.stats.clone())
     }
 
     fn prepare(&self, input: &TaskInput, params: &TaskParams) -> Result<Prepared, TaskError> {
@@ -473,6 +484,14 @@ impl EncoderPipeline {
 impl EncoderModel {
     /// Runs `rows` as one right-padded batch; each row gets its own numbers or error.
     pub fn forward_rows(&self, rows: &[RowRequest]) -> Vec<Result<RowOutput, TaskError>> {
+        {
+            let width = rows.iter().map(|r| r.ids.len()).max().unwrap_or(0);
+            let mut stats = self.stats.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            stats.batches += 1;
+            stats.rows += rows.len();
+            stats.real_tokens += rows.iter().map(|r| r.ids.len()).sum::<usize>();
+            stats.computed_tokens += width * rows.len();
+        }
         let ids: Vec<&[u32]> = rows.iter().map(|r| r.ids.as_slice()).collect();
         let types: Vec<&[u32]> = rows.iter().map(|r| r.type_ids.as_slice()).collect();
         let input = EncoderInput::from_rows(
