@@ -8,11 +8,10 @@ use tracing::info;
 
 use crate::{
     device::{Placement, libtorch_version},
+    engine::policy::Policy,
     server::{RunError, Server},
     settings::{Settings, SettingsLoader, Task},
-    shutdown,
-    tasks::pipeline::BatchBudget,
-    telemetry,
+    shutdown, telemetry,
 };
 
 #[derive(Debug, Parser)]
@@ -162,10 +161,6 @@ fn run_file(settings: Settings, args: &RunArgs) -> Result<(), CliError> {
     telemetry::init(&settings.log);
     let placement =
         Placement::resolve(&settings.device).map_err(crate::server::StartError::from)?;
-    let budget = BatchBudget {
-        max_batch_size: settings.batching.max_batch_size,
-        max_batch_tokens: settings.batching.max_batch_tokens,
-    };
     let started = std::time::Instant::now();
     let summary = crate::run::run(&crate::run::RunRequest {
         model: &args.model,
@@ -174,14 +169,7 @@ fn run_file(settings: Settings, args: &RunArgs) -> Result<(), CliError> {
         output: &args.output,
         params: &args.params,
         placement,
-        budget,
-        policy: crate::engine::policy::Policy {
-            max_batch_tokens: settings.batching.max_batch_tokens,
-            max_batch_size: settings.batching.max_batch_size,
-            max_batch_delay: settings.batching.max_batch_delay,
-            max_queued: settings.batching.max_queued,
-            bulk_share: settings.batching.bulk_share,
-        },
+        policy: Policy::from_settings(&settings.batching),
     })?;
     let seconds = started.elapsed().as_secs_f64();
     let stats = summary.batches;

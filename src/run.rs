@@ -54,8 +54,8 @@ pub struct RunRequest<'a> {
     /// `key=value` pairs; values are read as JSON when they parse, else as strings.
     pub params: &'a [String],
     pub placement: Placement,
-    pub budget: BatchBudget,
-    /// The engine's batching policy (the bulk lane is used).
+    /// The engine's batching policy (the bulk lane is used); its size and token bounds are also
+    /// the direct batch budget.
     pub policy: Policy,
 }
 
@@ -206,7 +206,7 @@ impl Runner {
         match request.task {
             Task::Summarization | Task::TextGeneration => {
                 GenerationPipeline::load(request.model, request.task, &request.placement)
-                    .map(|p| Runner::Generation(Box::new(p), request.budget.max_batch_size))
+                    .map(|p| Runner::Generation(Box::new(p), request.policy.max_batch_size))
                     .map_err(|source| RunError::LoadGenerator { path, source })
             }
             _ => {
@@ -214,7 +214,10 @@ impl Runner {
                     request.model,
                     request.task,
                     &request.placement,
-                    request.budget,
+                    BatchBudget {
+                        max_batch_size: request.policy.max_batch_size,
+                        max_batch_tokens: request.policy.max_batch_tokens,
+                    },
                 )
                 .map_err(|source| RunError::Load { path: path.clone(), source })?;
                 let engine = EncoderEngine::start(pipeline, request.policy)

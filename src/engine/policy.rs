@@ -50,6 +50,18 @@ pub struct Policy {
     pub bulk_share: f64,
 }
 
+impl Policy {
+    pub fn from_settings(batching: &crate::settings::BatchingSettings) -> Self {
+        Self {
+            max_batch_tokens: batching.max_batch_tokens,
+            max_batch_size: batching.max_batch_size,
+            max_batch_delay: batching.max_batch_delay,
+            max_queued: batching.max_queued,
+            bulk_share: batching.bulk_share,
+        }
+    }
+}
+
 /// What the engine should do now.
 #[derive(Debug, PartialEq)]
 pub enum Decision<T> {
