@@ -219,13 +219,10 @@ impl GenerateConfig {
         if self.num_return_sequences == 0 {
             return bad("num_return_sequences must be at least 1".into());
         }
-        if self.num_beams < self.num_return_sequences && !self.do_sample {
-            return bad(format!(
-                "num_return_sequences ({}) must be at most num_beams ({})",
-                self.num_return_sequences, self.num_beams
-            ));
-        }
-        if self.do_sample && self.num_beams > 1 && self.num_beams < self.num_return_sequences {
+        // Sampling without beams draws each returned sequence on its own; otherwise they are
+        // the best beams, so there must be as many beams.
+        let sampling_alone = self.do_sample && self.num_beams == 1;
+        if self.num_beams < self.num_return_sequences && !sampling_alone {
             return bad(format!(
                 "num_return_sequences ({}) must be at most num_beams ({})",
                 self.num_return_sequences, self.num_beams
