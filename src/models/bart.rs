@@ -10,8 +10,8 @@ use tch::{Kind, Tensor};
 use super::{
     ModelError,
     kv_cache::KvCache,
-    layers::{Activation, LayerNorm, Linear},
-    seq2seq::{DecoderCache, Seq2Seq, causal_bias, padding_bias},
+    layers::{Activation, LayerNorm, Linear, attention_bias},
+    seq2seq::{DecoderCache, Seq2Seq, causal_bias},
     weights::{Weights, WeightsError},
 };
 
@@ -272,7 +272,7 @@ impl Bart {
 impl Seq2Seq for Bart {
     fn encode(&self, ids: &Tensor, mask: &Tensor) -> Tensor {
         let mut x = self.encoder.embed(self, ids, 0);
-        let bias = padding_bias(mask, x.kind());
+        let bias = attention_bias(mask, x.kind());
         for layer in &self.encoder.layers {
             x = self.layer(layer, x, &bias, None, None);
         }
@@ -292,7 +292,7 @@ impl Seq2Seq for Bart {
         let past = cache.self_attention.seq_len();
         let mut x = self.decoder.embed(self, ids, past);
         let self_bias = causal_bias(past, ids.size()[1], x.kind(), x.device());
-        let cross_bias = padding_bias(encoder_mask, x.kind());
+        let cross_bias = attention_bias(encoder_mask, x.kind());
         for (i, layer) in self.decoder.layers.iter().enumerate() {
             x = self.layer(
                 layer,

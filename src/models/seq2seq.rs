@@ -77,11 +77,6 @@ impl DecoderStep for Seq2SeqStep<'_> {
     }
 }
 
-/// `[batch, 1, 1, keys]` additive bias: 0 where `mask` is 1, the dtype's minimum elsewhere.
-pub fn padding_bias(mask: &Tensor, kind: Kind) -> Tensor {
-    super::layers::attention_bias(mask, kind)
-}
-
 /// `[1, 1, new, past + new]` additive causal bias for `new` queries after `past` cached keys.
 pub fn causal_bias(past: i64, new: i64, kind: Kind, device: tch::Device) -> Tensor {
     let query = Tensor::arange(new, (Kind::Int64, device)).unsqueeze(1) + past;

@@ -9,8 +9,8 @@ use tch::{Kind, Tensor};
 
 use super::{
     ModelError,
-    layers::Activation,
-    seq2seq::{DecoderCache, Seq2Seq, causal_bias, padding_bias},
+    layers::{Activation, attention_bias},
+    seq2seq::{DecoderCache, Seq2Seq, causal_bias},
     weights::{Weights, WeightsError},
 };
 
@@ -282,7 +282,7 @@ impl Seq2Seq for T5 {
         let mut x = Tensor::embedding(&self.shared, ids, -1, false, false);
         let n = ids.size()[1];
         let bias = self.encoder.position_bias(&self.config, 0, n, x.device())
-            + padding_bias(mask, x.kind());
+            + attention_bias(mask, x.kind());
         for block in &self.encoder.blocks {
             let h = block.self_norm.forward(&x);
             let (k, v) = (
@@ -307,7 +307,7 @@ impl Seq2Seq for T5 {
         let mut x = Tensor::embedding(&self.shared, ids, -1, false, false);
         let self_bias = self.decoder.position_bias(&self.config, past, n, x.device())
             + causal_bias(past, n, x.kind(), x.device());
-        let cross_bias = padding_bias(encoder_mask, x.kind());
+        let cross_bias = attention_bias(encoder_mask, x.kind());
         for (i, block) in self.decoder.blocks.iter().enumerate() {
             let attention = &block.self_attention;
             let h = block.self_norm.forward(&x);
