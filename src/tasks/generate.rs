@@ -320,8 +320,19 @@ impl GenerationPipeline {
             return self.summarize_chunked(text, params, tokens, overlap);
         }
         let (ids, input_tokens, truncated) = self.prepare(input, params)?;
-        let mut generated = self.run_batch(&[ids], params)?;
-        Ok(GenerationResult { generation: generated.remove(0), input_tokens, truncated })
+        self.generate_one(ids, input_tokens, truncated, params)
+    }
+
+    /// Generates for one prompt and attaches the input's counters.
+    fn generate_one(
+        &self,
+        ids: Vec<u32>,
+        input_tokens: usize,
+        truncated: bool,
+        params: &GenerationParams,
+    ) -> Result<GenerationResult, TaskError> {
+        let generation = self.run_batch(&[ids], params)?.remove(0);
+        Ok(GenerationResult { generation, input_tokens, truncated })
     }
 
     /// The input's token ids, its untruncated length, and whether it was cut.
@@ -497,13 +508,8 @@ impl GenerationPipeline {
             start += step;
         }
         if chunks.len() == 1 {
-            let prompt = self.prompt_ids(text, params)?;
-            let mut generated = self.run_batch(&[prompt.0], params)?;
-            return Ok(GenerationResult {
-                generation: generated.remove(0),
-                input_tokens: prompt.1,
-                truncated: prompt.2,
-            });
+            let (ids, input_tokens, truncated) = self.prompt_ids(text, params)?;
+            return self.generate_one(ids, input_tokens, truncated, params);
         }
         let prompts = chunks
             .iter()
@@ -512,11 +518,6 @@ impl GenerationPipeline {
         let partial = self.run_batch(&prompts, params)?;
         let joined = partial.iter().map(|g| g.texts[0].trim()).collect::<Vec<_>>().join(" ");
         let prompt = self.tokenizer.encode(&format!("{}{joined}", self.prefix), true)?;
-        let mut generated = self.run_batch(&[prompt.ids], params)?;
-        Ok(GenerationResult {
-            generation: generated.remove(0),
-            input_tokens: ids.len(),
-            truncated: false,
-        })
+        self.generate_one(prompt.ids, ids.len(), false, params)
     }
 }
