@@ -19,6 +19,48 @@ pub trait DecoderStep {
     /// Keeps rows `rows` (int64 indices, repeats allowed), in order: expanding inputs into beams,
     /// reordering beams and dropping finished rows are all this.
     fn select_rows(&mut self, rows: &Tensor);
+    /// This step's per-row state (caches, masks, encoder output), for another step of the same
+    /// model to take in with [`DecoderStep::append_rows`].
+    fn into_rows(self: Box<Self>) -> RowState;
+    /// Appends the rows of another step of the same model after this one's (continuous batching:
+    /// a request joins a running batch after its own prefill). State of different lengths is
+    /// padded with masked zeros, so each row computes what it computes alone.
+    fn append_rows(&mut self, other: RowState);
+}
+
+/// Which end of its length axis a per-row tensor is padded at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PadSide {
+    /// Left: histories that end at the current step (decoder caches and their masks).
+    Start,
+    /// Right: inputs that start at position 0 (encoder output, its mask and cross-attention).
+    End,
+}
+
+/// Per-row tensors of a decoder step (dim 0 is the row), in an order its model knows, each
+/// with the axis along which rows may differ in length and where that axis is padded.
+#[derive(Default)]
+pub struct RowState {
+    pub parts: Vec<(Tensor, i64, PadSide)>,
+}
+
+/// `a`'s rows followed by `b`'s, the shorter padded with zeros along `dim` at `side`.
+pub fn append_padded(a: &Tensor, b: &Tensor, dim: i64, side: PadSide) -> Tensor {
+    let width = a.size()[dim as usize].max(b.size()[dim as usize]);
+    let pad = |t: &Tensor| {
+        let missing = width - t.size()[dim as usize];
+        if missing == 0 {
+            return t.shallow_clone();
+        }
+        let mut shape = t.size();
+        shape[dim as usize] = missing;
+        let zeros = Tensor::zeros(shape.as_slice(), (t.kind(), t.device()));
+        match side {
+            PadSide::Start => Tensor::cat(&[&zeros, t], dim),
+            PadSide::End => Tensor::cat(&[t, &zeros], dim),
+        }
+    };
+    Tensor::cat(&[pad(a), pad(b)], 0)
 }
 
 /// Everything that shapes one generation, resolved (no "unset" left but `max_new_tokens` and

@@ -11,7 +11,7 @@ use super::{
     ModelError,
     kv_cache::KvCache,
     layers::{Activation, LayerNorm, Linear, attention_bias},
-    seq2seq::{DecoderCache, Seq2Seq, causal_bias},
+    seq2seq::{DecoderCache, Seq2Seq, decoder_positions, decoder_self_bias},
     weights::{Weights, WeightsError},
 };
 
@@ -169,17 +169,16 @@ impl Stack {
         })
     }
 
-    fn embed(&self, bart: &Bart, ids: &Tensor, past: i64) -> Tensor {
-        let n = ids.size()[1];
-        let positions = Tensor::arange_start(
-            past + POSITION_OFFSET,
-            past + n + POSITION_OFFSET,
-            (Kind::Int64, ids.device()),
-        );
+    /// Token and learned position embeddings; `positions` is `[new]` (shared by every row) or
+    /// `[rows, new]`.
+    fn embed(&self, bart: &Bart, ids: &Tensor, positions: &Tensor) -> Tensor {
+        let positions = positions + POSITION_OFFSET;
         let tokens = Tensor::embedding(&bart.shared, ids, -1, false, false) * bart.embed_scale;
-        let x =
-            tokens + Tensor::embedding(&self.positions, &positions, -1, false, false).unsqueeze(0);
-        self.layernorm_embedding.forward(&x)
+        let mut position = Tensor::embedding(&self.positions, &positions, -1, false, false);
+        if position.dim() == 2 {
+            position = position.unsqueeze(0);
+        }
+        self.layernorm_embedding.forward(&(tokens + position))
     }
 }
 
@@ -271,7 +270,8 @@ impl Bart {
 
 impl Seq2Seq for Bart {
     fn encode(&self, ids: &Tensor, mask: &Tensor) -> Tensor {
-        let mut x = self.encoder.embed(self, ids, 0);
+        let positions = Tensor::arange(ids.size()[1], (Kind::Int64, ids.device()));
+        let mut x = self.encoder.embed(self, ids, &positions);
         let bias = attention_bias(mask, x.kind());
         for layer in &self.encoder.layers {
             x = self.layer(layer, x, &bias, None, None);
@@ -285,13 +285,14 @@ impl Seq2Seq for Bart {
     fn decode(
         &self,
         ids: &Tensor,
+        decoder_mask: &Tensor,
         encoder_out: &Tensor,
         encoder_mask: &Tensor,
         cache: &mut DecoderCache,
     ) -> Tensor {
-        let past = cache.self_attention.seq_len();
-        let mut x = self.decoder.embed(self, ids, past);
-        let self_bias = causal_bias(past, ids.size()[1], x.kind(), x.device());
+        let new = ids.size()[1];
+        let mut x = self.decoder.embed(self, ids, &decoder_positions(decoder_mask, new));
+        let self_bias = decoder_self_bias(decoder_mask, new, x.kind());
         let cross_bias = attention_bias(encoder_mask, x.kind());
         for (i, layer) in self.decoder.layers.iter().enumerate() {
             x = self.layer(

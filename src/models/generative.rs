@@ -37,6 +37,7 @@ pub struct LoadedGenerator {
     /// Positions the model can attend to (its context length).
     pub max_positions: usize,
     pub sha256: String,
+    pub device: tch::Device,
 }
 
 impl LoadedGenerator {
@@ -141,5 +142,6 @@ pub fn load_generator(dir: &Path, placement: &Placement) -> Result<LoadedGenerat
         generation,
         max_positions,
         sha256: weights.sha256().to_string(),
+        device: placement.device,
     })
 }

@@ -12,6 +12,7 @@ use super::{
     layers::{Activation, LayerNorm, Linear},
     weights::{Weights, WeightsError},
 };
+use crate::generation::{PadSide, RowState, append_padded};
 
 #[derive(Debug, Clone, Deserialize)]
 pub struct Gpt2Config {
@@ -230,5 +231,19 @@ impl crate::generation::DecoderStep for Gpt2Step<'_> {
     fn select_rows(&mut self, rows: &Tensor) {
         self.cache.select_rows(rows);
         self.key_mask = self.key_mask.index_select(0, rows);
+    }
+
+    fn into_rows(self: Box<Self>) -> RowState {
+        let mut state = RowState::default();
+        state.parts.push((self.key_mask, 1, PadSide::Start));
+        self.cache.into_rows(PadSide::Start, &mut state);
+        state
+    }
+
+    fn append_rows(&mut self, other: RowState) {
+        let mut parts = other.parts.into_iter();
+        let (mask, dim, side) = parts.next().expect("a GPT-2 step's key mask");
+        self.key_mask = append_padded(&self.key_mask, &mask, dim, side);
+        self.cache.append_rows(&mut parts);
     }
 }

@@ -49,6 +49,34 @@ impl KvCache {
         }
     }
 
+    /// Each layer's keys and values, as per-row state padded at `side` along the sequence axis.
+    pub fn into_rows(
+        self,
+        side: crate::generation::PadSide,
+        out: &mut crate::generation::RowState,
+    ) {
+        for (k, v) in self.layers.into_iter().flatten() {
+            out.parts.push((k, 2, side));
+            out.parts.push((v, 2, side));
+        }
+    }
+
+    /// Appends the rows of another cache of the same model, taken with [`KvCache::into_rows`]
+    /// (both caches must have run a step).
+    pub fn append_rows(
+        &mut self,
+        parts: &mut impl Iterator<Item = (Tensor, i64, crate::generation::PadSide)>,
+    ) {
+        use crate::generation::append_padded;
+        for (k, v) in self.layers.iter_mut().flatten() {
+            let (Some((k2, dim, side)), Some((v2, _, _))) = (parts.next(), parts.next()) else {
+                panic!("appended rows come from a cache of the same model");
+            };
+            *k = append_padded(k, &k2, dim, side);
+            *v = append_padded(v, &v2, dim, side);
+        }
+    }
+
     pub fn clear(&mut self) {
         for layer in &mut self.layers {
             *layer = None;

@@ -6,7 +6,7 @@
 use tch::{Kind, Tensor};
 
 use super::kv_cache::KvCache;
-use crate::generation::DecoderStep;
+use crate::generation::{DecoderStep, PadSide, RowState, append_padded};
 
 /// Self- and cross-attention caches of one decoder.
 pub struct DecoderCache {
@@ -29,10 +29,13 @@ pub trait Seq2Seq {
     /// Encoder output `[batch, seq, hidden]` for right-padded `ids` with `mask` (1 = real).
     fn encode(&self, ids: &Tensor, mask: &Tensor) -> Tensor;
     /// Logits `[rows, new, vocab]` for decoder tokens `ids` `[rows, new]` following the cached
-    /// ones, attending to `encoder_out` where `encoder_mask` is 1.
+    /// ones, attending to `encoder_out` where `encoder_mask` is 1. `decoder_mask`
+    /// `[rows, past + new]` is 1 for real decoder tokens and 0 for the left padding of a row that
+    /// joined a running batch with a shorter history; positions count real tokens only.
     fn decode(
         &self,
         ids: &Tensor,
+        decoder_mask: &Tensor,
         encoder_out: &Tensor,
         encoder_mask: &Tensor,
         cache: &mut DecoderCache,
@@ -45,6 +48,8 @@ pub struct Seq2SeqStep<'a> {
     model: &'a dyn Seq2Seq,
     encoder_out: Tensor,
     encoder_mask: Tensor,
+    /// `[rows, past]`: 1 for real decoder tokens, 0 for padding.
+    decoder_mask: Tensor,
     cache: DecoderCache,
 }
 
@@ -53,10 +58,12 @@ impl<'a> Seq2SeqStep<'a> {
     pub fn new(model: &'a dyn Seq2Seq, ids: &Tensor, mask: &Tensor) -> Self {
         let _no_grad = tch::no_grad_guard();
         let encoder_out = model.encode(ids, mask);
+        let rows = ids.size()[0];
         Self {
             model,
             encoder_out,
             encoder_mask: mask.to_kind(Kind::Int64),
+            decoder_mask: Tensor::zeros([rows, 0], (Kind::Int64, ids.device())),
             cache: DecoderCache::new(model.decoder_layers()),
         }
     }
@@ -65,22 +72,68 @@ impl<'a> Seq2SeqStep<'a> {
 impl DecoderStep for Seq2SeqStep<'_> {
     fn step(&mut self, tokens: &Tensor) -> Tensor {
         let _no_grad = tch::no_grad_guard();
-        let logits =
-            self.model.decode(tokens, &self.encoder_out, &self.encoder_mask, &mut self.cache);
+        let new = Tensor::ones(tokens.size().as_slice(), (Kind::Int64, tokens.device()));
+        self.decoder_mask = Tensor::cat(&[&self.decoder_mask, &new], 1);
+        let logits = self.model.decode(
+            tokens,
+            &self.decoder_mask,
+            &self.encoder_out,
+            &self.encoder_mask,
+            &mut self.cache,
+        );
         logits.select(1, tokens.size()[1] - 1).to_kind(Kind::Float)
     }
 
     fn select_rows(&mut self, rows: &Tensor) {
         self.encoder_out = self.encoder_out.index_select(0, rows);
         self.encoder_mask = self.encoder_mask.index_select(0, rows);
+        self.decoder_mask = self.decoder_mask.index_select(0, rows);
         self.cache.select_rows(rows);
+    }
+
+    fn into_rows(self: Box<Self>) -> RowState {
+        let mut state = RowState::default();
+        state.parts.push((self.encoder_out, 1, PadSide::End));
+        state.parts.push((self.encoder_mask, 1, PadSide::End));
+        state.parts.push((self.decoder_mask, 1, PadSide::Start));
+        self.cache.self_attention.into_rows(PadSide::Start, &mut state);
+        self.cache.cross_attention.into_rows(PadSide::End, &mut state);
+        state
+    }
+
+    fn append_rows(&mut self, other: RowState) {
+        let mut parts = other.parts.into_iter();
+        let mut next = || parts.next().expect("rows of a step of the same model");
+        let (out, dim, side) = next();
+        self.encoder_out = append_padded(&self.encoder_out, &out, dim, side);
+        let (mask, dim, side) = next();
+        self.encoder_mask = append_padded(&self.encoder_mask, &mask, dim, side);
+        let (mask, dim, side) = next();
+        self.decoder_mask = append_padded(&self.decoder_mask, &mask, dim, side);
+        self.cache.self_attention.append_rows(&mut parts);
+        self.cache.cross_attention.append_rows(&mut parts);
     }
 }
 
 /// `[1, 1, new, past + new]` additive causal bias for `new` queries after `past` cached keys.
-pub fn causal_bias(past: i64, new: i64, kind: Kind, device: tch::Device) -> Tensor {
+fn causal_bias(past: i64, new: i64, kind: Kind, device: tch::Device) -> Tensor {
     let query = Tensor::arange(new, (Kind::Int64, device)).unsqueeze(1) + past;
     let key = Tensor::arange(past + new, (Kind::Int64, device)).unsqueeze(0);
     let future = key.gt_tensor(&query).to_kind(kind);
     (future * f64::from(f32::MIN)).unsqueeze(0).unsqueeze(0)
+}
+
+/// `[rows, 1, new, past + new]`: the causal bias with the decoder's padded keys masked too.
+pub fn decoder_self_bias(decoder_mask: &Tensor, new: i64, kind: Kind) -> Tensor {
+    let total = decoder_mask.size()[1];
+    let causal = causal_bias(total - new, new, kind, decoder_mask.device());
+    let padding = decoder_mask.eq(0).to_kind(kind).unsqueeze(1).unsqueeze(1) * f64::from(f32::MIN);
+    // Both at once would overflow to -inf; either alone already zeroes the key's weight.
+    (causal + padding).clamp_min(f64::from(f32::MIN))
+}
+
+/// `[rows, new]` decoder positions counted over real tokens (0 for the first real one).
+pub fn decoder_positions(decoder_mask: &Tensor, new: i64) -> Tensor {
+    let total = decoder_mask.size()[1];
+    (decoder_mask.cumsum(-1, Kind::Int64) - 1).clamp_min(0).narrow(1, total - new, new)
 }

@@ -10,7 +10,7 @@ use tch::{Kind, Tensor};
 use super::{
     ModelError,
     layers::{Activation, attention_bias},
-    seq2seq::{DecoderCache, Seq2Seq, causal_bias},
+    seq2seq::{DecoderCache, Seq2Seq, decoder_self_bias},
     weights::{Weights, WeightsError},
 };
 
@@ -298,6 +298,7 @@ impl Seq2Seq for T5 {
     fn decode(
         &self,
         ids: &Tensor,
+        decoder_mask: &Tensor,
         encoder_out: &Tensor,
         encoder_mask: &Tensor,
         cache: &mut DecoderCache,
@@ -305,8 +306,10 @@ impl Seq2Seq for T5 {
         let past = cache.self_attention.seq_len();
         let n = ids.size()[1];
         let mut x = Tensor::embedding(&self.shared, ids, -1, false, false);
+        // Relative positions need no per-row shift: a row's left padding moves its keys and its
+        // query alike. The padded keys are masked.
         let self_bias = self.decoder.position_bias(&self.config, past, n, x.device())
-            + causal_bias(past, n, x.kind(), x.device());
+            + decoder_self_bias(decoder_mask, n, x.kind());
         let cross_bias = attention_bias(encoder_mask, x.kind());
         for (i, block) in self.decoder.blocks.iter().enumerate() {
             let attention = &block.self_attention;
