@@ -17,16 +17,18 @@ use std::sync::{Arc, Mutex};
 use crate::{
     device::Placement,
     engine::{
-        batcher::{BatchError, Batcher},
+        call::EngineError,
+        cpu_pool::CpuPool,
+        encoder::EncoderService,
+        generation::GenerationService,
         policy::{Lane, Policy},
+        registry::{self, Loaded, ServedModel},
     },
-    settings::Task,
+    settings::{ModelSettings, Task},
     tasks::{
-        EncoderPipeline, TaskError, TaskInput, TaskOutput, TaskResult,
-        generate::{Generation, GenerationLoadError, GenerationParams, GenerationPipeline},
-        pipeline::{
-            BatchBudget, BatchStats, EncoderModel, ModelIdentity, PipelineError, TaskParams,
-        },
+        TaskError, TaskInput, TaskOutput, TaskResult,
+        generate::{Generation, GenerationLoadError, GenerationParams},
+        pipeline::{BatchStats, ModelIdentity, PipelineError, TaskParams},
     },
 };
 
@@ -43,6 +45,8 @@ pub enum RunError {
     LoadGenerator { path: PathBuf, source: GenerationLoadError },
     #[error("bad --param `{0}`: expected key=value")]
     BadParam(String),
+    #[error("loading was interrupted: {0}")]
+    Join(String),
 }
 
 /// What `lote run` was asked to do.
@@ -133,64 +137,14 @@ pub fn parse_cli_params(pairs: &[String]) -> Result<Map<String, Value>, RunError
     Ok(params)
 }
 
-/// The model behind a run: an encoder task (its model on the engine's model thread, fed
-/// through the bulk lane) or a generation task.
-enum Runner {
-    Encoder(Box<EncoderEngine>),
-    Generation(Box<GenerationPipeline>, usize),
-}
-
-/// An encoder task run by the engine: the pipeline tokenizes and post-processes here, the
-/// batcher runs the rows on the model thread.
-struct EncoderEngine {
-    pipeline: EncoderPipeline,
-    batcher: Batcher<EncoderModel>,
-    stats: Arc<Mutex<BatchStats>>,
-    /// Rows in flight at once, kept under the queue bound so bulk work never overflows it.
-    in_flight: usize,
+/// The model behind a run, served by the engine as `lote serve` serves it: its model on a model
+/// thread (encoder batches or continuous batching for generation), fed through the bulk lane,
+/// with tokenizing on the CPU pool.
+struct Runner {
+    served: ServedModel,
+    /// What the encoder model computed (None for generation).
+    stats: Option<Arc<Mutex<BatchStats>>>,
     runtime: tokio::runtime::Runtime,
-}
-
-impl EncoderEngine {
-    fn start(mut pipeline: EncoderPipeline, policy: Policy) -> std::io::Result<Self> {
-        let stats = pipeline.stats().expect("a freshly loaded pipeline has its model");
-        let model = pipeline.take_model().expect("a freshly loaded pipeline has its model");
-        let runtime =
-            tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?;
-        let batcher = runtime.block_on(async { Batcher::start(model, policy) });
-        Ok(Self { pipeline, batcher, stats, in_flight: (policy.max_queued / 2).max(1), runtime })
-    }
-
-    fn run(&self, items: &[(TaskInput, TaskParams)]) -> Vec<Result<TaskResult, TaskError>> {
-        self.pipeline.run_rows(items, |requests| {
-            self.runtime.block_on(async {
-                let mut answers = Vec::with_capacity(requests.len());
-                let mut requests = requests.into_iter().peekable();
-                while requests.peek().is_some() {
-                    let calls: Vec<_> = requests
-                        .by_ref()
-                        .take(self.in_flight)
-                        .map(|request| {
-                            let batcher = self.batcher.clone();
-                            let tokens = request.ids.len();
-                            tokio::spawn(async move {
-                                batcher.infer(request, tokens, Lane::Bulk, None).await
-                            })
-                        })
-                        .collect();
-                    for call in calls {
-                        answers.push(match call.await {
-                            Ok(Ok(output)) => Ok(output),
-                            Ok(Err(BatchError::Model(message))) => Err(TaskError::Model(message)),
-                            Ok(Err(other)) => Err(TaskError::Model(other.to_string())),
-                            Err(join) => Err(TaskError::Model(join.to_string())),
-                        });
-                    }
-                }
-                answers
-            })
-        })
-    }
 }
 
 /// A line's parameters, parsed for its runner.
@@ -202,51 +156,56 @@ enum LineParams {
 
 impl Runner {
     fn load(request: &RunRequest<'_>) -> Result<Self, RunError> {
-        let path = request.model.to_path_buf();
-        match request.task {
-            Task::Summarization | Task::TextGeneration => {
-                GenerationPipeline::load(request.model, request.task, &request.placement)
-                    .map(|p| Runner::Generation(Box::new(p), request.policy.max_batch_size))
-                    .map_err(|source| RunError::LoadGenerator { path, source })
+        let settings = ModelSettings {
+            name: "run".into(),
+            task: request.task,
+            path: request.model.to_path_buf(),
+        };
+        let loaded = registry::load(&settings, &request.placement, request.policy)?;
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .map_err(|source| RunError::Io { path: request.model.to_path_buf(), source })?;
+        let pool = CpuPool::for_this_machine();
+        let policy = request.policy;
+        let (served, stats) = runtime.block_on(async move {
+            match loaded {
+                Loaded::Encoder(pipeline) => {
+                    let stats = pipeline.stats();
+                    let service = EncoderService::start("run", *pipeline, policy, pool, None);
+                    (ServedModel::Encoder(service), stats)
+                }
+                Loaded::Generation(pipeline) => {
+                    let service = GenerationService::start("run", *pipeline, policy, pool, None);
+                    (ServedModel::Generation(service), None)
+                }
             }
-            _ => {
-                let pipeline = EncoderPipeline::load(
-                    request.model,
-                    request.task,
-                    &request.placement,
-                    BatchBudget {
-                        max_batch_size: request.policy.max_batch_size,
-                        max_batch_tokens: request.policy.max_batch_tokens,
-                    },
-                )
-                .map_err(|source| RunError::Load { path: path.clone(), source })?;
-                let engine = EncoderEngine::start(pipeline, request.policy)
-                    .map_err(|source| RunError::Io { path, source })?;
-                Ok(Runner::Encoder(Box::new(engine)))
-            }
-        }
+        });
+        Ok(Self { served, stats, runtime })
     }
 
     fn task(&self) -> Task {
-        match self {
-            Runner::Encoder(e) => e.pipeline.task,
-            Runner::Generation(p, _) => p.task,
+        match &self.served {
+            ServedModel::Encoder(e) => e.pipeline().task,
+            ServedModel::Generation(g) => g.pipeline().task,
         }
     }
 
     fn identity(&self) -> &ModelIdentity {
-        match self {
-            Runner::Encoder(e) => &e.pipeline.identity,
-            Runner::Generation(p, _) => &p.identity,
+        match &self.served {
+            ServedModel::Encoder(e) => &e.pipeline().identity,
+            ServedModel::Generation(g) => &g.pipeline().identity,
         }
     }
 
     fn parse_params(&self, params: &Value) -> Result<LineParams, TaskError> {
-        match self {
-            Runner::Encoder(e) => e.pipeline.parse_params(params).map(LineParams::Encoder),
-            Runner::Generation(p, _) => {
-                p.parse_params(params).map(|params| LineParams::Generation(Box::new(params)))
-            }
+        match &self.served {
+            ServedModel::Encoder(e) => e.pipeline().parse_params(params).map(LineParams::Encoder),
+            ServedModel::Generation(g) => g
+                .pipeline()
+                .parse_params(params)
+                .map(|params| LineParams::Generation(Box::new(params))),
         }
     }
 
@@ -255,9 +214,11 @@ impl Runner {
         &self,
         items: Vec<(TaskInput, LineParams)>,
         stats: &mut BatchStats,
-    ) -> Vec<Result<Map<String, Value>, TaskError>> {
-        match self {
-            Runner::Encoder(engine) => {
+    ) -> Vec<Result<Map<String, Value>, String>> {
+        let count = items.len();
+        let refused = |error: EngineError| vec![Err(error.to_string()); count];
+        match &self.served {
+            ServedModel::Encoder(service) => {
                 let items: Vec<(TaskInput, TaskParams)> = items
                     .into_iter()
                     .map(|(input, params)| match params {
@@ -267,11 +228,21 @@ impl Runner {
                         }
                     })
                     .collect();
-                let answers = engine.run(&items);
-                *stats = *engine.stats.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-                answers.into_iter().map(|r| r.map(|r| result_fields(&r))).collect()
+                let answered = self.runtime.block_on(service.answer(items, Lane::Bulk, None));
+                if let Some(shared) = &self.stats {
+                    *stats = *shared.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+                }
+                match answered {
+                    Ok(answered) => answered
+                        .results
+                        .into_iter()
+                        .map(|r| r.map(|r| result_fields(&r)).map_err(|e| e.to_string()))
+                        .collect(),
+                    Err(error) => refused(error),
+                }
             }
-            Runner::Generation(p, max_batch) => {
+            ServedModel::Generation(service) => {
+                let task = service.pipeline().task;
                 let items: Vec<(TaskInput, GenerationParams)> = items
                     .into_iter()
                     .map(|(input, params)| match params {
@@ -281,14 +252,19 @@ impl Runner {
                         }
                     })
                     .collect();
-                p.run(&items, *max_batch)
-                    .into_iter()
-                    .map(|r| {
-                        r.map(|r| {
-                            generation_fields(p.task, &r.generation, r.input_tokens, r.truncated)
+                match self.runtime.block_on(service.generate(items, Lane::Bulk, None)) {
+                    Ok(answered) => answered
+                        .results
+                        .into_iter()
+                        .map(|r| {
+                            r.map(|r| {
+                                generation_fields(task, &r.generation, r.input_tokens, r.truncated)
+                            })
+                            .map_err(|e| e.to_string())
                         })
-                    })
-                    .collect()
+                        .collect(),
+                    Err(error) => refused(error),
+                }
             }
         }
     }
@@ -393,10 +369,7 @@ fn answer_window(
         .into_iter()
         .map(|line| {
             let result: Result<Map<String, Value>, String> = match line.parsed {
-                Ok(_) => results
-                    .next()
-                    .expect("one result per runnable line")
-                    .map_err(|e: TaskError| e.to_string()),
+                Ok(_) => results.next().expect("one result per runnable line"),
                 Err(message) => Err(message),
             };
             let mut out = Map::new();

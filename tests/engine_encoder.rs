@@ -22,7 +22,7 @@ async fn rows_through_the_batcher_equal_direct_rows() {
     let budget = BatchBudget { max_batch_size: 8, max_batch_tokens: 4096 };
     let load =
         || EncoderPipeline::load(&dir, Task::TextClassification, &placement, budget).unwrap();
-    let direct = load();
+    let direct = load().take_model().unwrap();
     let reference = common::read_reference(&dir);
     let requests: Vec<RowRequest> = reference["encodings"]
         .as_array()
@@ -37,16 +37,7 @@ async fn rows_through_the_batcher_equal_direct_rows() {
         .collect();
     let alone: Vec<Vec<f32>> = requests
         .iter()
-        .map(|r| {
-            direct
-                .model()
-                .unwrap()
-                .forward_rows(std::slice::from_ref(r))
-                .remove(0)
-                .unwrap()
-                .values()
-                .to_vec()
-        })
+        .map(|r| direct.forward_rows(std::slice::from_ref(r)).remove(0).unwrap().values().to_vec())
         .collect();
 
     let policy = Policy {
@@ -56,7 +47,7 @@ async fn rows_through_the_batcher_equal_direct_rows() {
         max_queued: 64,
         bulk_share: 0.2,
     };
-    let batcher = Batcher::start(load().take_model().unwrap(), policy);
+    let batcher = Batcher::start("bert-cls", load().take_model().unwrap(), policy);
     let calls: Vec<_> = requests
         .into_iter()
         .map(|request| {
@@ -66,7 +57,7 @@ async fn rows_through_the_batcher_equal_direct_rows() {
         })
         .collect();
     for (i, call) in calls.into_iter().enumerate() {
-        let output = call.await.unwrap().unwrap();
+        let output = call.await.unwrap().unwrap().output;
         let diff =
             output.values().iter().zip(&alone[i]).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
         assert!(diff < 1e-5, "row {i}: max |diff| {diff}");

@@ -8,10 +8,18 @@ mod common;
 
 use lote::{
     device::Placement,
+    engine::{
+        cpu_pool::CpuPool,
+        generation::GenerationService,
+        policy::{Lane, Policy},
+    },
     generation::{GenerateConfig, GenerateOverrides, search::generate, stream::TextStream},
     models::generative::{LoadedGenerator, load_generator},
     settings::{Dtype, Task},
-    tasks::{TaskInput, generate::GenerationPipeline},
+    tasks::{
+        TaskInput,
+        generate::{GenerationPipeline, GenerationResult},
+    },
     tokenize::TextTokenizer,
 };
 use serde_json::Value;
@@ -218,12 +226,10 @@ fn summarization_pipeline_defaults_match_transformers() {
     for name in ["bart", "mbart", "t5", "t5-v1_1"] {
         let dir = model_dir(name);
         let reference = common::read_reference(&dir);
-        let pipeline = GenerationPipeline::load(&dir, Task::Summarization, &placement()).unwrap();
+        let engine = Engine::start(&dir, Task::Summarization);
         for call in reference["pipelines"]["summarization"]["calls"].as_array().unwrap() {
             let text = call["args"][0].as_str().unwrap();
-            let params = pipeline.parse_params(&call["kwargs"]).unwrap();
-            let input = TaskInput::Text { text: text.into() };
-            let result = pipeline.run(&[(input, params)], 4).remove(0).unwrap();
+            let result = engine.generate(text, &call["kwargs"]);
             assert_eq!(
                 result.generation.texts[0],
                 call["output"][0]["summary_text"].as_str().unwrap(),
@@ -237,15 +243,13 @@ fn summarization_pipeline_defaults_match_transformers() {
 fn text_generation_pipeline_outputs_match_for_deterministic_calls() {
     let dir = model_dir("gpt2");
     let reference = common::read_reference(&dir);
-    let pipeline = GenerationPipeline::load(&dir, Task::TextGeneration, &placement()).unwrap();
+    let engine = Engine::start(&dir, Task::TextGeneration);
     let mut compared = 0;
     for call in reference["pipelines"]["text-generation"]["calls"].as_array().unwrap() {
         if call["kwargs"]["do_sample"] != false {
             continue;
         }
-        let params = pipeline.parse_params(&call["kwargs"]).unwrap();
-        let input = TaskInput::Text { text: call["args"][0].as_str().unwrap().into() };
-        let result = pipeline.run(&[(input, params)], 4).remove(0).unwrap();
+        let result = engine.generate(call["args"][0].as_str().unwrap(), &call["kwargs"]);
         let theirs: Vec<&str> = call["output"]
             .as_array()
             .unwrap()
@@ -256,4 +260,30 @@ fn text_generation_pipeline_outputs_match_for_deterministic_calls() {
         compared += 1;
     }
     assert!(compared >= 2);
+}
+
+/// A generation pipeline served by the engine's scheduler, as `lote serve` and `lote run` run it.
+struct Engine {
+    service: GenerationService,
+    runtime: tokio::runtime::Runtime,
+}
+
+impl Engine {
+    fn start(dir: &std::path::Path, task: Task) -> Self {
+        let pipeline = GenerationPipeline::load(dir, task, &placement()).unwrap();
+        let runtime = tokio::runtime::Runtime::new().unwrap();
+        let policy = Policy::from_settings(&Default::default());
+        let service = runtime.block_on(async {
+            GenerationService::start("parity", pipeline, policy, CpuPool::new(2), None)
+        });
+        Self { service, runtime }
+    }
+
+    fn generate(&self, text: &str, kwargs: &serde_json::Value) -> GenerationResult {
+        let params = self.service.pipeline().parse_params(kwargs).unwrap();
+        let input = TaskInput::Text { text: text.into() };
+        let answered =
+            self.runtime.block_on(self.service.generate(vec![(input, params)], Lane::Bulk, None));
+        answered.unwrap().results.remove(0).unwrap()
+    }
 }

@@ -1,10 +1,17 @@
 //! The engine loop for one model: a tokio task owns the [`BatchQueue`], a dedicated OS thread
 //! owns the model (tch tensors stay on it), and callers hold a cheap cloneable [`Batcher`]
-//! handle. A request is answered through a oneshot channel: with its output, or with
-//! [`BatchError::DeadlineExceeded`] if its deadline passed while it waited, or dropped unanswered
-//! if its caller went away before it was computed. A full queue refuses at once.
+//! handle. A request is answered through a oneshot channel: with its output and its times, or
+//! with [`BatchError::DeadlineExceeded`] if its deadline passed while it waited, or dropped
+//! unanswered if its caller went away before it was computed. A full queue refuses at once.
+//!
+//! Out of memory on a batch (CUDA's allocator, or the CPU's) is not the end of it: the model
+//! thread splits the batch in halves and runs each, down to single inputs, and the queue lowers
+//! its token budget so the next batches fit; an input that fails alone gets its own error.
 
-use std::time::Duration;
+use std::{
+    panic::AssertUnwindSafe,
+    time::{Duration, Instant},
+};
 
 use tokio::sync::{mpsc, oneshot};
 
@@ -14,8 +21,9 @@ use super::policy::{BatchQueue, Decision, Entry, Lane, Policy};
 pub trait BatchModel: Send + 'static {
     type Input: Send + 'static;
     type Output: Send + 'static;
-    /// One output (or error message) per input, in order.
-    fn run(&mut self, batch: Vec<Self::Input>) -> Vec<Result<Self::Output, String>>;
+    /// One output (or error message) per input, in order. A panic (libtorch raised) fails
+    /// the batch; one that says the memory ran out makes the batch run again in halves.
+    fn run(&mut self, batch: &[Self::Input]) -> Vec<Result<Self::Output, String>>;
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -26,14 +34,29 @@ pub enum BatchError {
     DeadlineExceeded,
     #[error("the model failed: {0}")]
     Model(String),
+    #[error("out of memory: the input does not fit on the device even alone ({0})")]
+    OutOfMemory(String),
     #[error("the model is shutting down")]
     Unavailable,
 }
 
+/// An answered request: its output, how long it waited, and its batch's compute time and size.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Served<O> {
+    pub output: O,
+    pub queued: Duration,
+    pub computed: Duration,
+    pub batch_size: usize,
+    /// Which batch of this model it ran in (rows of one call may share one).
+    pub batch: u64,
+}
+
+type Reply<O> = oneshot::Sender<Result<Served<O>, BatchError>>;
+
 /// One request in the queue.
 struct Request<I, O> {
     input: I,
-    reply: oneshot::Sender<Result<O, BatchError>>,
+    reply: Reply<O>,
 }
 
 /// A cheap handle to one model's batcher.
@@ -48,26 +71,28 @@ impl<M: BatchModel> Clone for Batcher<M> {
 }
 
 impl<M: BatchModel> Batcher<M> {
-    /// Starts the model thread and the queue task (on the current tokio runtime).
-    pub fn start(model: M, policy: Policy) -> Self {
+    /// Starts the model thread and the queue task (on the current tokio runtime). `name` labels
+    /// the model's metrics.
+    pub fn start(name: &str, model: M, policy: Policy) -> Self {
         let (requests, incoming) = mpsc::unbounded_channel();
         let (work, work_rx) = std::sync::mpsc::channel::<Work<M>>();
         std::thread::Builder::new()
-            .name("lote-model".into())
+            .name(format!("lote-model-{name}"))
             .spawn(move || model_thread(model, work_rx))
             .expect("the model thread starts");
-        tokio::spawn(queue_task::<M>(policy, incoming, work));
+        tokio::spawn(queue_task::<M>(name.to_string(), policy, incoming, work));
         Self { requests }
     }
 
-    /// Queues `input` (of `tokens` tokens) and waits for its output.
+    /// Queues `input` (of `tokens` tokens) and waits for its output. `deadline` is an instant
+    /// of tokio's clock.
     pub async fn infer(
         &self,
         input: M::Input,
         tokens: usize,
         lane: Lane,
-        deadline: Option<Duration>,
-    ) -> Result<M::Output, BatchError> {
+        deadline: Option<tokio::time::Instant>,
+    ) -> Result<Served<M::Output>, BatchError> {
         let (reply, answer) = oneshot::channel();
         // tokio's clock, so that tests with paused time see the same instants as the queue.
         let now = tokio::time::Instant::now().into_std();
@@ -75,33 +100,133 @@ impl<M: BatchModel> Batcher<M> {
             item: Request { input, reply },
             lane,
             tokens,
+            rows: 1,
             enqueued: now,
-            deadline: deadline.map(|d| now + d),
+            deadline: deadline.map(tokio::time::Instant::into_std),
         };
         self.requests.send(entry).map_err(|_| BatchError::Unavailable)?;
         answer.await.unwrap_or(Err(BatchError::Unavailable))
     }
 }
 
-fn model_thread<M: BatchModel>(mut model: M, work: std::sync::mpsc::Receiver<Work<M>>) {
-    while let Ok((batch, done)) = work.recv() {
-        let _ = done.send(model.run(batch));
+/// Whether a libtorch error message says an allocation failed.
+pub fn is_out_of_memory(message: &str) -> bool {
+    let message = message.to_lowercase();
+    ["out of memory", "not enough memory", "can't allocate memory", "bad_alloc"]
+        .iter()
+        .any(|needle| message.contains(needle))
+}
+
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<String>()
+        .cloned()
+        .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+        .unwrap_or_else(|| "the model panicked".into())
+}
+
+/// Why a batch could not run as a whole.
+enum Failure {
+    OutOfMemory(String),
+    Other(String),
+}
+
+/// A batch's outputs, and the padded token count of the largest sub-batch that ran out of
+/// memory (so the queue can lower its budget below it).
+struct Outcome<O> {
+    outputs: Outputs<O>,
+    out_of_memory_at: Option<usize>,
+}
+
+fn run_guarded<M: BatchModel>(
+    model: &mut M,
+    batch: &[M::Input],
+) -> Result<Outputs<M::Output>, Failure> {
+    match std::panic::catch_unwind(AssertUnwindSafe(|| model.run(batch))) {
+        Ok(outputs) => Ok(outputs.into_iter().map(|o| o.map_err(BatchError::Model)).collect()),
+        Err(panic) => {
+            let message = panic_message(panic.as_ref());
+            if is_out_of_memory(&message) {
+                Err(Failure::OutOfMemory(message))
+            } else {
+                Err(Failure::Other(message))
+            }
+        }
     }
 }
 
-/// One output (or error message) per input of a batch.
-type Outputs<O> = Vec<Result<O, String>>;
+/// Runs `inputs` (of `tokens` tokens each); on out-of-memory, runs its halves (recursively).
+fn run_splitting<M: BatchModel>(
+    model: &mut M,
+    inputs: &[M::Input],
+    tokens: &[usize],
+    outcome: &mut Outcome<M::Output>,
+) {
+    match run_guarded(model, inputs) {
+        Ok(outputs) => outcome.outputs.extend(outputs),
+        Err(Failure::Other(message)) => {
+            outcome.outputs.extend(inputs.iter().map(|_| Err(BatchError::Model(message.clone()))));
+        }
+        Err(Failure::OutOfMemory(message)) => {
+            let computed = tokens.iter().max().copied().unwrap_or(0) * inputs.len();
+            outcome.out_of_memory_at =
+                Some(outcome.out_of_memory_at.map_or(computed, |c| c.max(computed)));
+            metrics::counter!("lote_out_of_memory_total").increment(1);
+            if inputs.len() == 1 {
+                outcome.outputs.push(Err(BatchError::OutOfMemory(message)));
+            } else {
+                let half = inputs.len() / 2;
+                run_splitting(model, &inputs[..half], &tokens[..half], outcome);
+                run_splitting(model, &inputs[half..], &tokens[half..], outcome);
+            }
+        }
+    }
+}
 
-/// A batch for the model thread, and where its outputs go.
-type Work<M> = (Vec<<M as BatchModel>::Input>, oneshot::Sender<Outputs<<M as BatchModel>::Output>>);
+fn model_thread<M: BatchModel>(mut model: M, work: std::sync::mpsc::Receiver<Work<M>>) {
+    while let Ok((inputs, tokens, done)) = work.recv() {
+        let mut outcome =
+            Outcome { outputs: Vec::with_capacity(inputs.len()), out_of_memory_at: None };
+        run_splitting(&mut model, &inputs, &tokens, &mut outcome);
+        let _ = done.send(outcome);
+    }
+}
 
-/// The batch on the model thread: its callers, and its outputs to come.
+/// One output (or error) per input of a batch.
+type Outputs<O> = Vec<Result<O, BatchError>>;
+
+/// A batch for the model thread (inputs and their token counts), and where its outcome goes.
+type Work<M> = (
+    Vec<<M as BatchModel>::Input>,
+    Vec<usize>,
+    oneshot::Sender<Outcome<<M as BatchModel>::Output>>,
+);
+
+/// The batch on the model thread: its callers (with when they were queued), when it started,
+/// and its outcome to come.
 struct Running<O> {
-    replies: Vec<oneshot::Sender<Result<O, BatchError>>>,
-    outputs: oneshot::Receiver<Outputs<O>>,
+    replies: Vec<(Reply<O>, Instant)>,
+    started: Instant,
+    batch: u64,
+    outcome: oneshot::Receiver<Outcome<O>>,
+}
+
+/// Records what the policy chose: batch size, tokens computed and the share that is padding.
+fn record_batch<T>(model: &str, batch: &[Entry<T>]) {
+    let width = batch.iter().map(|e| e.tokens).max().unwrap_or(0);
+    let computed = width * batch.len();
+    let real: usize = batch.iter().map(|e| e.tokens).sum();
+    let labels = [("model", model.to_string())];
+    metrics::histogram!("lote_batch_size", &labels).record(batch.len() as f64);
+    metrics::histogram!("lote_batch_tokens", &labels).record(computed as f64);
+    if computed > 0 {
+        let padding = 1.0 - real as f64 / computed as f64;
+        metrics::histogram!("lote_batch_padding_ratio", &labels).record(padding);
+    }
 }
 
 async fn queue_task<M: BatchModel>(
+    model: String,
     policy: Policy,
     mut incoming: mpsc::UnboundedReceiver<Entry<Request<M::Input, M::Output>>>,
     work: std::sync::mpsc::Sender<Work<M>>,
@@ -109,26 +234,37 @@ async fn queue_task<M: BatchModel>(
     let mut queue: BatchQueue<Request<M::Input, M::Output>> = BatchQueue::new(policy);
     let mut running: Option<Running<M::Output>> = None;
     let mut open = true;
+    let mut batches = 0u64;
+    let depth = metrics::gauge!("lote_queue_depth", "model" => model.clone());
     loop {
         let now = tokio::time::Instant::now().into_std();
         for expired in queue.take_expired(now) {
             let _ = expired.item.reply.send(Err(BatchError::DeadlineExceeded));
         }
         queue.remove_where(|request| request.reply.is_closed());
+        depth.set(queue.len() as f64);
         let mut wake = None;
         if running.is_none() {
             match queue.next_batch(now) {
                 Decision::Run(batch) => {
-                    let (inputs, replies): (Vec<_>, Vec<_>) =
-                        batch.into_iter().map(|e| (e.item.input, e.item.reply)).unzip();
-                    let (done, result) = oneshot::channel();
-                    if work.send((inputs, done)).is_err() {
-                        for reply in replies {
+                    record_batch(&model, &batch);
+                    let mut inputs = Vec::with_capacity(batch.len());
+                    let mut tokens = Vec::with_capacity(batch.len());
+                    let mut replies = Vec::with_capacity(batch.len());
+                    for entry in batch {
+                        inputs.push(entry.item.input);
+                        tokens.push(entry.tokens);
+                        replies.push((entry.item.reply, entry.enqueued));
+                    }
+                    let (done, outcome) = oneshot::channel();
+                    if work.send((inputs, tokens, done)).is_err() {
+                        for (reply, _) in replies {
                             let _ = reply.send(Err(BatchError::Unavailable));
                         }
                         return;
                     }
-                    running = Some(Running { replies, outputs: result });
+                    batches += 1;
+                    running = Some(Running { replies, started: now, batch: batches, outcome });
                     continue;
                 }
                 Decision::WaitUntil(at) => wake = Some(at),
@@ -144,7 +280,7 @@ async fn queue_task<M: BatchModel>(
         };
         let finished = async {
             match running.as_mut() {
-                Some(batch) => (&mut batch.outputs).await.ok(),
+                Some(batch) => (&mut batch.outcome).await.ok(),
                 None => std::future::pending().await,
             }
         };
@@ -157,16 +293,29 @@ async fn queue_task<M: BatchModel>(
                 }
                 None => open = false,
             },
-            outputs = finished => {
-                let replies = running.take().expect("a batch was running").replies;
-                match outputs {
-                    Some(outputs) => {
-                        for (reply, output) in replies.into_iter().zip(outputs) {
-                            let _ = reply.send(output.map_err(BatchError::Model));
+            outcome = finished => {
+                let Running { replies, started, batch, .. } =
+                    running.take().expect("a batch was running");
+                let ended = tokio::time::Instant::now().into_std();
+                let computed = ended - started;
+                let batch_size = replies.len();
+                metrics::histogram!("lote_stage_seconds", "model" => model.clone(), "stage" => "inference")
+                    .record(computed.as_secs_f64());
+                match outcome {
+                    Some(outcome) => {
+                        if let Some(tokens) = outcome.out_of_memory_at {
+                            queue.lower_token_budget(tokens / 2);
+                        }
+                        for ((reply, enqueued), output) in replies.into_iter().zip(outcome.outputs) {
+                            let queued = started - enqueued;
+                            metrics::histogram!("lote_stage_seconds", "model" => model.clone(), "stage" => "queue")
+                                .record(queued.as_secs_f64());
+                            let served = output.map(|output| Served { output, queued, computed, batch_size, batch });
+                            let _ = reply.send(served);
                         }
                     }
                     None => {
-                        for reply in replies {
+                        for (reply, _) in replies {
                             let _ = reply.send(Err(BatchError::Model("the model thread stopped".into())));
                         }
                     }
@@ -193,13 +342,10 @@ mod tests {
     impl BatchModel for Recorder {
         type Input = u32;
         type Output = u32;
-        fn run(&mut self, batch: Vec<u32>) -> Vec<Result<u32, String>> {
+        fn run(&mut self, batch: &[u32]) -> Vec<Result<u32, String>> {
             std::thread::sleep(self.pause);
-            self.batches.lock().unwrap().push(batch.clone());
-            batch
-                .into_iter()
-                .map(|x| if x == 13 { Err("unlucky".into()) } else { Ok(x * 2) })
-                .collect()
+            self.batches.lock().unwrap().push(batch.to_vec());
+            batch.iter().map(|&x| if x == 13 { Err("unlucky".into()) } else { Ok(x * 2) }).collect()
         }
     }
 
@@ -218,11 +364,24 @@ mod tests {
 
     fn start_with(pause: Duration) -> (Batcher<Recorder>, Log) {
         let batches = Arc::new(Mutex::new(Vec::new()));
-        (Batcher::start(Recorder { batches: batches.clone(), pause }, policy()), batches)
+        (
+            Batcher::start("recorder", Recorder { batches: batches.clone(), pause }, policy()),
+            batches,
+        )
     }
 
     fn start() -> (Batcher<Recorder>, Log) {
         start_with(Duration::ZERO)
+    }
+
+    /// Just the output of an answer.
+    async fn output(
+        batcher: &Batcher<Recorder>,
+        input: u32,
+        deadline: Option<Duration>,
+    ) -> Result<u32, BatchError> {
+        let deadline = deadline.map(|d| tokio::time::Instant::now() + d);
+        batcher.infer(input, 10, Lane::Interactive, deadline).await.map(|served| served.output)
     }
 
     fn ran(batches: &Log) -> Vec<Vec<u32>> {
@@ -235,7 +394,7 @@ mod tests {
         let calls: Vec<_> = (0..4u32)
             .map(|i| {
                 let batcher = batcher.clone();
-                tokio::spawn(async move { batcher.infer(i, 10, Lane::Interactive, None).await })
+                tokio::spawn(async move { output(&batcher, i, None).await })
             })
             .collect();
         let mut answers = Vec::new();
@@ -249,10 +408,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_failing_input_fails_alone() {
         let (batcher, _) = start();
-        let (a, b) = tokio::join!(
-            batcher.infer(13, 10, Lane::Interactive, None),
-            batcher.infer(1, 10, Lane::Interactive, None)
-        );
+        let (a, b) = tokio::join!(output(&batcher, 13, None), output(&batcher, 1, None));
         assert_eq!(a, Err(BatchError::Model("unlucky".into())));
         assert_eq!(b, Ok(2));
     }
@@ -261,10 +417,10 @@ mod tests {
     async fn a_request_past_its_deadline_is_not_computed() {
         let (batcher, batches) = start();
         // The batch delay (20 ms) outlasts this deadline (1 ms).
-        let late = batcher.infer(7, 10, Lane::Interactive, Some(Duration::from_millis(1))).await;
+        let late = output(&batcher, 7, Some(Duration::from_millis(1))).await;
         assert_eq!(late, Err(BatchError::DeadlineExceeded));
         assert!(ran(&batches).is_empty());
-        assert_eq!(batcher.infer(1, 10, Lane::Interactive, None).await, Ok(2), "still serving");
+        assert_eq!(output(&batcher, 1, None).await, Ok(2), "still serving");
     }
 
     #[tokio::test(start_paused = true)]
@@ -272,7 +428,7 @@ mod tests {
         let (batcher, batches) = start();
         let abandoned = {
             let batcher = batcher.clone();
-            tokio::spawn(async move { batcher.infer(5, 10, Lane::Interactive, None).await })
+            tokio::spawn(async move { output(&batcher, 5, None).await })
         };
         tokio::time::sleep(Duration::from_millis(2)).await;
         abandoned.abort();
@@ -282,7 +438,7 @@ mod tests {
             "{:?}",
             batches.lock().unwrap()
         );
-        assert_eq!(batcher.infer(1, 10, Lane::Interactive, None).await, Ok(2));
+        assert_eq!(output(&batcher, 1, None).await, Ok(2));
     }
 
     #[tokio::test(start_paused = true)]
@@ -306,6 +462,71 @@ mod tests {
         }
         // 4 in the running batch, 6 queued (the bound), the other 14 refused at once.
         assert_eq!((served, refused), (10, 14));
-        assert_eq!(batcher.infer(1, 10, Lane::Interactive, None).await, Ok(2), "still serving");
+        assert_eq!(output(&batcher, 1, None).await, Ok(2), "still serving");
+    }
+
+    /// Runs out of memory on batches of more than two inputs, and on input 99 always.
+    struct SmallDevice {
+        batches: Log,
+    }
+
+    impl BatchModel for SmallDevice {
+        type Input = u32;
+        type Output = u32;
+        fn run(&mut self, batch: &[u32]) -> Vec<Result<u32, String>> {
+            self.batches.lock().unwrap().push(batch.to_vec());
+            if batch.len() > 2 || batch.contains(&99) {
+                panic!("CUDA out of memory. Tried to allocate 2.00 GiB");
+            }
+            batch.iter().map(|&x| Ok(x + 1)).collect()
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn out_of_memory_splits_the_batch_lowers_the_budget_and_fails_only_the_culprit() {
+        let batches: Log = Arc::default();
+        let policy = Policy { max_queued: 100, ..policy() };
+        let batcher = Batcher::start("small", SmallDevice { batches: batches.clone() }, policy);
+        let calls: Vec<_> = [1u32, 2, 99, 4]
+            .into_iter()
+            .map(|i| {
+                let batcher = batcher.clone();
+                tokio::spawn(async move { batcher.infer(i, 10, Lane::Bulk, None).await })
+            })
+            .collect();
+        let mut answers = Vec::new();
+        for call in calls {
+            answers.push(call.await.unwrap().map(|served| served.output));
+        }
+        assert_eq!(answers[0], Ok(2));
+        assert_eq!(answers[1], Ok(3));
+        assert!(matches!(&answers[2], Err(BatchError::OutOfMemory(m)) if m.contains("2.00 GiB")));
+        assert_eq!(answers[3], Ok(5));
+        // 4 inputs, then halves [1, 2] and [99, 4], then [99] and [4] alone.
+        assert_eq!(
+            ran(&batches),
+            vec![vec![1, 2, 99, 4], vec![1, 2], vec![99, 4], vec![99], vec![4]]
+        );
+        // The budget came down to half of the 40 tokens that failed: two inputs of 10.
+        let calls: Vec<_> = (0..4u32)
+            .map(|i| {
+                let batcher = batcher.clone();
+                tokio::spawn(async move { batcher.infer(i, 10, Lane::Bulk, None).await })
+            })
+            .collect();
+        for call in calls {
+            assert!(call.await.unwrap().is_ok());
+        }
+        let after: Vec<usize> = ran(&batches)[5..].iter().map(Vec::len).collect();
+        assert_eq!(after, vec![2, 2], "no batch runs out of memory again");
+    }
+
+    #[test]
+    fn allocation_failures_are_recognised() {
+        assert!(is_out_of_memory("CUDA out of memory. Tried to allocate 20.00 MiB"));
+        assert!(is_out_of_memory(
+            "[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: not enough memory"
+        ));
+        assert!(!is_out_of_memory("shape '[2, 3]' is invalid for input of size 7"));
     }
 }

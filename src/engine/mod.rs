@@ -1,7 +1,14 @@
-//! The engine every way in shares (gRPC, jobs, `lote run`): a bounded queue per model, the
-//! batching policy, and the model threads. So far: the policy ([`policy`]) and the per-model
-//! batcher that runs it over a model thread ([`batcher`]); the tasks' models, continuous
-//! batching for generation and the inference gRPC API build on them.
+//! The engine every way in shares (gRPC, jobs, `lote run`): per model, a bounded queue under
+//! one batching policy ([`policy`]) and a model thread; encoder tasks run padded batches through
+//! the [`batcher`], generation runs continuous batching in the [`scheduler`]. Tokenizing and
+//! post-processing run on a shared [`cpu_pool`]. [`encoder`] and [`generation`] are the
+//! task-level services callers use, and [`registry`] loads every model of the settings.
 
 pub mod batcher;
+pub mod call;
+pub mod cpu_pool;
+pub mod encoder;
+pub mod generation;
 pub mod policy;
+pub mod registry;
+pub mod scheduler;

@@ -30,12 +30,14 @@ pub enum Lane {
     Bulk,
 }
 
-/// One queued request: its tokens (after tokenization) and its times.
+/// One queued request: its tokens (after tokenization), the batch rows it takes (1, or a
+/// generation's beams), and its times.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Entry<T> {
     pub item: T,
     pub lane: Lane,
     pub tokens: usize,
+    pub rows: usize,
     pub enqueued: Instant,
     pub deadline: Option<Instant>,
 }
@@ -118,6 +120,60 @@ impl<T> BatchQueue<T> {
         Ok(())
     }
 
+    /// Lowers the padded-token budget of a batch (after one ran out of memory), never below
+    /// one token; it is never raised again in this process.
+    pub fn lower_token_budget(&mut self, tokens: usize) {
+        self.policy.max_batch_tokens = self.policy.max_batch_tokens.min(tokens.max(1));
+    }
+
+    /// The current padded-token budget of a batch.
+    pub fn token_budget(&self) -> usize {
+        self.policy.max_batch_tokens
+    }
+
+    /// Puts an entry back at the head of its lane (work that must be redone), even past the
+    /// bound: it was already accepted once.
+    pub fn push_front(&mut self, entry: Entry<T>) {
+        match entry.lane {
+            Lane::Interactive => self.interactive.push_front(entry),
+            Lane::Bulk => self.bulk.push_front(entry),
+        }
+    }
+
+    /// When the next batch is due if nothing else arrives: None when the queue is empty or a
+    /// batch is due already.
+    pub fn due_at(&self) -> Option<Instant> {
+        let due = self.oldest_enqueued()? + self.policy.max_batch_delay;
+        (!self.budget_is_full()).then_some(due)
+    }
+
+    /// Continuous batching: the entries that join a running batch now, within `free_tokens` and
+    /// `free_rows`. Oldest first, the leading lane first (bulk keeps its share); the first entry
+    /// that does not fit ends the admission, so a large request is not overtaken forever.
+    pub fn admit(&mut self, free_tokens: usize, free_rows: usize) -> Vec<Entry<T>> {
+        let mut admitted = Vec::new();
+        let (mut tokens, mut rows) = (free_tokens, free_rows);
+        while let Some(lane) = self.leading_lane() {
+            let queue = match lane {
+                Lane::Interactive => &mut self.interactive,
+                Lane::Bulk => &mut self.bulk,
+            };
+            let head = queue.front().expect("the leading lane has entries");
+            if head.tokens > tokens || head.rows > rows {
+                break;
+            }
+            let entry = queue.pop_front().expect("checked above");
+            tokens -= entry.tokens;
+            rows -= entry.rows;
+            self.batches += 1;
+            if lane == Lane::Bulk {
+                self.bulk_batches += 1;
+            }
+            admitted.push(entry);
+        }
+        admitted
+    }
+
     /// Removes and returns the entries whose deadline is at or before `now`.
     pub fn take_expired(&mut self, now: Instant) -> Vec<Entry<T>> {
         let mut expired = Vec::new();
@@ -185,7 +241,7 @@ impl<T> BatchQueue<T> {
 
     /// Whether the waiting work already fills a batch (no point waiting for company).
     fn budget_is_full(&self) -> bool {
-        let entries = self.len();
+        let entries: usize = self.interactive.iter().chain(&self.bulk).map(|e| e.rows).sum();
         let tokens: usize = self.interactive.iter().chain(&self.bulk).map(|e| e.tokens).sum();
         entries >= self.policy.max_batch_size || tokens >= self.policy.max_batch_tokens
     }
@@ -199,6 +255,7 @@ impl<T> BatchQueue<T> {
         };
         let head = lead.pop_front().expect("the leading lane has entries");
         let target = head.tokens;
+        let mut taken_rows = head.rows;
         let mut batch = vec![head];
         let mut longest = target;
         let mut real = target;
@@ -207,8 +264,8 @@ impl<T> BatchQueue<T> {
             order.sort_by_key(|&i| (queue[i].tokens.abs_diff(target), i));
             let mut chosen = Vec::new();
             for i in order {
-                if batch.len() + chosen.len() >= self.policy.max_batch_size {
-                    break;
+                if taken_rows + queue[i].rows > self.policy.max_batch_size {
+                    continue;
                 }
                 let width = longest.max(queue[i].tokens);
                 let computed = (batch.len() + chosen.len() + 1) * width;
@@ -218,6 +275,7 @@ impl<T> BatchQueue<T> {
                 }
                 longest = width;
                 real += queue[i].tokens;
+                taken_rows += queue[i].rows;
                 chosen.push(i);
             }
             chosen.sort_unstable_by(|a, b| b.cmp(a));
@@ -245,7 +303,7 @@ mod tests {
     }
 
     fn entry(item: u32, lane: Lane, tokens: usize, at: Instant) -> Entry<u32> {
-        Entry { item, lane, tokens, enqueued: at, deadline: None }
+        Entry { item, lane, tokens, rows: 1, enqueued: at, deadline: None }
     }
 
     fn items(decision: Decision<u32>) -> Vec<u32> {
@@ -358,5 +416,65 @@ mod tests {
         let (overloaded, entry) = queue.push(entry(9, Lane::Bulk, 10, t0)).unwrap_err();
         assert_eq!(overloaded, Overloaded { queued: 8 });
         assert_eq!(entry.item, 9);
+    }
+
+    #[test]
+    fn joiners_fill_the_free_budget_in_order_and_a_large_head_waits() {
+        let t0 = Instant::now();
+        let mut queue = BatchQueue::new(Policy { max_queued: 100, ..policy() });
+        for (i, tokens) in [(0, 30), (1, 30), (2, 50), (3, 5)] {
+            queue.push(entry(i, Lane::Interactive, tokens, t0)).unwrap();
+        }
+        let admitted: Vec<u32> = queue.admit(70, 10).into_iter().map(|e| e.item).collect();
+        assert_eq!(
+            admitted,
+            vec![0, 1],
+            "2 (50 tokens) does not fit in the 10 left, nor may 3 pass it"
+        );
+        let admitted: Vec<u32> = queue.admit(100, 1).into_iter().map(|e| e.item).collect();
+        assert_eq!(admitted, vec![2], "one row free");
+        let mut beams = entry(4, Lane::Interactive, 5, t0);
+        beams.rows = 4;
+        queue.push(beams).unwrap();
+        let admitted: Vec<u32> = queue.admit(100, 3).into_iter().map(|e| e.item).collect();
+        assert_eq!(admitted, vec![3], "four beams need four free rows");
+        assert_eq!(queue.admit(100, 4).len(), 1);
+        assert!(queue.is_empty());
+    }
+
+    #[test]
+    fn joiners_keep_the_bulk_share() {
+        let t0 = Instant::now();
+        let mut queue = BatchQueue::new(Policy { max_queued: 100, bulk_share: 0.5, ..policy() });
+        for i in 0..4 {
+            queue.push(entry(i, Lane::Interactive, 1, t0)).unwrap();
+            queue.push(entry(100 + i, Lane::Bulk, 1, t0)).unwrap();
+        }
+        let admitted: Vec<u32> = queue.admit(100, 4).into_iter().map(|e| e.item).collect();
+        assert_eq!(admitted.iter().filter(|&&i| i >= 100).count(), 2, "{admitted:?}");
+    }
+
+    #[test]
+    fn due_at_is_the_oldest_entry_plus_the_delay_unless_the_budget_is_full() {
+        let t0 = Instant::now();
+        let mut queue = BatchQueue::new(policy());
+        assert_eq!(queue.due_at(), None);
+        queue.push(entry(1, Lane::Bulk, 10, t0)).unwrap();
+        assert_eq!(queue.due_at(), Some(t0 + Duration::from_millis(5)));
+        queue.push(entry(2, Lane::Bulk, 95, t0)).unwrap();
+        assert_eq!(queue.due_at(), None, "105 tokens fill the budget of 100");
+    }
+
+    #[test]
+    fn a_batch_counts_the_rows_of_beams_against_its_size() {
+        let t0 = Instant::now();
+        let mut queue = BatchQueue::new(Policy { max_batch_tokens: 1000, ..policy() });
+        let mut beams = entry(1, Lane::Interactive, 10, t0);
+        beams.rows = 3;
+        queue.push(beams).unwrap();
+        queue.push(entry(2, Lane::Interactive, 10, t0)).unwrap();
+        queue.push(entry(3, Lane::Interactive, 10, t0)).unwrap();
+        // 3 beams + 1 row fill the 4 rows.
+        assert_eq!(items(queue.next_batch(t0 + Duration::from_millis(5))), vec![1, 2]);
     }
 }

@@ -4,16 +4,16 @@
 //! Long documents are truncated by default or, with `long_document=chunked`, summarized in
 //! overlapping chunks whose summaries are summarized again.
 
-use std::path::Path;
+use std::{path::Path, sync::Arc};
 
 use serde::Serialize;
 use serde_json::{Map, Value};
-use tch::{Device, Kind, Tensor};
 
 use super::{TaskError, TaskInput, pipeline::ModelIdentity};
 use crate::{
     device::Placement,
-    generation::{GenerateConfig, GenerateOverrides, search::generate},
+    engine::scheduler::StopFn,
+    generation::{GenerateConfig, GenerateOverrides},
     models::{
         ModelError,
         generative::{LoadedGenerator, load_generator},
@@ -97,11 +97,30 @@ pub struct GenerationPipeline {
     pub task: Task,
     pub identity: ModelIdentity,
     pub tokenizer: TextTokenizer,
-    generator: LoadedGenerator,
+    /// None once [`GenerationPipeline::take_generator`] gave it to the engine's scheduler; a
+    /// mutex so the tokenizer side can be shared between threads.
+    generator: std::sync::Mutex<Option<LoadedGenerator>>,
     /// The model's defaults with the task's settings applied.
     defaults: GenerateConfig,
     prefix: String,
-    device: Device,
+    /// Positions the model can attend to (its context length).
+    pub max_positions: usize,
+    pub encoder_decoder: bool,
+}
+
+/// A prompt ready for the scheduler: its ids, untruncated length, and whether it was cut.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Prompt {
+    pub ids: Vec<u32>,
+    pub input_tokens: usize,
+    pub truncated: bool,
+}
+
+/// How one input is generated: one prompt, or (chunked summaries) the chunks' prompts first.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Plan {
+    Single(Prompt),
+    Chunks { prompts: Vec<Vec<u32>>, input_tokens: usize },
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -152,9 +171,15 @@ impl GenerationPipeline {
             tokenizer,
             defaults,
             prefix: prefix.unwrap_or_default(),
-            device: placement.device,
-            generator,
+            max_positions: generator.max_positions,
+            encoder_decoder,
+            generator: std::sync::Mutex::new(Some(generator)),
         })
+    }
+
+    /// Hands the model to the engine's scheduler; the pipeline keeps tokenizing and decoding.
+    pub fn take_generator(&mut self) -> Option<LoadedGenerator> {
+        self.generator.get_mut().unwrap_or_else(|poisoned| poisoned.into_inner()).take()
     }
 
     /// Parses a call's parameters; unknown names and wrong types are errors.
@@ -234,105 +259,92 @@ impl GenerationPipeline {
             .map_err(|e| invalid(format!("bad params: {e}")))?;
         let mut generate = self.defaults.clone();
         generate.apply(&overrides).map_err(|e| invalid(e.to_string()))?;
-        generate.validate(self.generator.max_positions).map_err(|e| invalid(e.to_string()))?;
+        generate.validate(self.max_positions).map_err(|e| invalid(e.to_string()))?;
         Ok(GenerationParams { generate, stop, return_full_text, truncation, long_document })
     }
 
-    /// Answers every input, in order. Inputs with equal parameters share batches of up to
-    /// `max_batch` rows (mixed lengths give what each gives alone); seeded sampling and chunked
-    /// summaries run alone, so a seed always gives the same text.
-    pub fn run(
-        &self,
-        items: &[(TaskInput, GenerationParams)],
-        max_batch: usize,
-    ) -> Vec<Result<GenerationResult, TaskError>> {
-        let mut results: Vec<Option<Result<GenerationResult, TaskError>>> = vec![None; items.len()];
-        let mut batched: Vec<(usize, Vec<u32>, usize, bool)> = Vec::new();
-        for (index, (input, params)) in items.iter().enumerate() {
-            let alone = params.generate.do_sample
-                || matches!(params.long_document, LongDocument::Chunked { .. });
-            if alone {
-                results[index] = Some(self.run_one(input, params));
-                continue;
-            }
-            match self.prepare(input, params) {
-                Ok((ids, tokens, truncated)) => batched.push((index, ids, tokens, truncated)),
-                Err(error) => results[index] = Some(Err(error)),
-            }
-        }
-        while let Some(first) = batched.first() {
-            let params = &items[first.0].1;
-            let (group, rest): (Vec<_>, Vec<_>) =
-                batched.into_iter().partition(|(i, ..)| &items[*i].1 == params);
-            batched = rest;
-            for chunk in group.chunks(max_batch.max(1)) {
-                let prompts: Vec<Vec<u32>> = chunk.iter().map(|(_, ids, ..)| ids.clone()).collect();
-                match self.run_batch(&prompts, params) {
-                    Ok(generations) => {
-                        for ((index, _, tokens, truncated), generation) in
-                            chunk.iter().zip(generations)
-                        {
-                            let result = GenerationResult {
-                                generation,
-                                input_tokens: *tokens,
-                                truncated: *truncated,
-                            };
-                            results[*index] = Some(Ok(result));
-                        }
-                    }
-                    Err(error) => {
-                        for (index, ..) in chunk {
-                            results[*index] = Some(Err(error.clone()));
-                        }
-                    }
-                }
-            }
-        }
-        results.into_iter().map(|r| r.expect("every input answered")).collect()
-    }
-
-    fn prepare(
-        &self,
-        input: &TaskInput,
-        params: &GenerationParams,
-    ) -> Result<(Vec<u32>, usize, bool), TaskError> {
+    /// How `input` is generated: its prompt, or its chunks' prompts (chunked summaries).
+    pub fn plan(&self, input: &TaskInput, params: &GenerationParams) -> Result<Plan, TaskError> {
         let TaskInput::Text { text } = input else {
             return Err(TaskError::Invalid(format!("{} needs `text`", self.task)));
         };
         if text.trim().is_empty() {
             return Err(TaskError::Tokenize(crate::tokenize::TokenizeError::Empty));
         }
-        self.prompt_ids(text, params)
-    }
-
-    fn run_one(
-        &self,
-        input: &TaskInput,
-        params: &GenerationParams,
-    ) -> Result<GenerationResult, TaskError> {
-        if let (
-            Task::Summarization,
-            LongDocument::Chunked { tokens, overlap },
-            TaskInput::Text { text },
-        ) = (self.task, params.long_document, input)
-            && !text.trim().is_empty()
+        if let (Task::Summarization, LongDocument::Chunked { tokens, overlap }) =
+            (self.task, params.long_document)
+            && let Some(chunks) = self.chunk_prompts(text, tokens, overlap)?
         {
-            return self.summarize_chunked(text, params, tokens, overlap);
+            return Ok(chunks);
         }
-        let (ids, input_tokens, truncated) = self.prepare(input, params)?;
-        self.generate_one(ids, input_tokens, truncated, params)
+        let (ids, input_tokens, truncated) = self.prompt_ids(text, params)?;
+        Ok(Plan::Single(Prompt { ids, input_tokens, truncated }))
     }
 
-    /// Generates for one prompt and attaches the input's counters.
-    fn generate_one(
+    /// The prompt that summarizes the chunks' summaries.
+    pub fn final_prompt(&self, summaries: &[String]) -> Result<Vec<u32>, TaskError> {
+        let joined = summaries.iter().map(|s| s.trim()).collect::<Vec<_>>().join(" ");
+        Ok(self.tokenizer.encode(&format!("{}{joined}", self.prefix), true)?.ids)
+    }
+
+    /// The generation settings for a prompt of `prompt_len` tokens, and the total length
+    /// (start sequence included) at which it stops.
+    pub fn request_config(
         &self,
-        ids: Vec<u32>,
-        input_tokens: usize,
-        truncated: bool,
+        prompt_len: usize,
         params: &GenerationParams,
-    ) -> Result<GenerationResult, TaskError> {
-        let generation = self.run_batch(&[ids], params)?.remove(0);
-        Ok(GenerationResult { generation, input_tokens, truncated })
+    ) -> Result<(GenerateConfig, usize), TaskError> {
+        let config = params.generate.clone();
+        let start_len = if self.encoder_decoder {
+            if config.decoder_start_token_id.is_none() {
+                return Err(TaskError::Unsupported(
+                    "the model has no decoder_start_token_id".into(),
+                ));
+            }
+            1
+        } else {
+            prompt_len
+        };
+        let max_length = config.max_new_tokens.map_or(config.max_length, |n| n + start_len);
+        if max_length <= start_len {
+            return Err(TaskError::Invalid(format!(
+                "max_length ({max_length}) leaves no room after the {start_len} start tokens; set max_new_tokens"
+            )));
+        }
+        Ok((config, max_length))
+    }
+
+    /// The stop-string check of a call, if it has stop strings.
+    pub fn stop_check(&self, params: &GenerationParams) -> Option<StopFn> {
+        if params.stop.is_empty() {
+            return None;
+        }
+        let tokenizer = self.tokenizer.clone();
+        let stop = params.stop.clone();
+        Some(Arc::new(move |tokens: &[i64]| {
+            let ids: Vec<u32> = tokens.iter().map(|&t| t as u32).collect();
+            let text = tokenizer.decode(&ids, true).unwrap_or_default();
+            stop.iter().any(|s| text.contains(s.as_str()))
+        }))
+    }
+
+    /// Texts, token counts and finish reasons of a prompt's generated sequences (new tokens
+    /// only, padding after an eos included).
+    pub fn generation_of(
+        &self,
+        prompt: &[u32],
+        sequences: &[Vec<i64>],
+        params: &GenerationParams,
+    ) -> Result<Generation, TaskError> {
+        let mut generation =
+            Generation { texts: Vec::new(), output_tokens: Vec::new(), finish_reasons: Vec::new() };
+        for new in sequences {
+            let (tokens, reason) = self.trim(new, &params.generate, &params.stop);
+            generation.texts.push(self.text_of(prompt, &tokens, params, self.encoder_decoder)?);
+            generation.output_tokens.push(tokens.len());
+            generation.finish_reasons.push(reason);
+        }
+        Ok(generation)
     }
 
     /// The input's token ids, its untruncated length, and whether it was cut.
@@ -347,7 +359,7 @@ impl GenerationPipeline {
             return Ok((encoded.ids.clone(), encoded.input_tokens, encoded.truncated));
         }
         let ids = self.tokenizer.encode_plain(text)?;
-        let context = self.generator.max_positions;
+        let context = self.max_positions;
         let new = params
             .generate
             .max_new_tokens
@@ -363,85 +375,6 @@ impl GenerationPipeline {
         }
         let keep = context - new;
         Ok((ids[ids.len() - keep..].to_vec(), ids.len(), true))
-    }
-
-    /// Generates for several prompts with the same parameters in one batch.
-    pub fn run_batch(
-        &self,
-        prompts: &[Vec<u32>],
-        params: &GenerationParams,
-    ) -> Result<Vec<Generation>, TaskError> {
-        let config = &params.generate;
-        let pad =
-            config.pad_token_id.or_else(|| config.eos_token_ids.first().copied()).unwrap_or(0);
-        let width = prompts.iter().map(Vec::len).max().unwrap_or(0);
-        let encoder_decoder = self.generator.is_encoder_decoder();
-        // GPT-2 prompts are padded on the left, encoder inputs on the right.
-        let mut ids = Vec::with_capacity(prompts.len() * width);
-        let mut mask = Vec::with_capacity(prompts.len() * width);
-        for prompt in prompts {
-            let padding = width - prompt.len();
-            let row_ids = prompt.iter().map(|&t| i64::from(t));
-            let pads = std::iter::repeat_n(pad, padding);
-            if encoder_decoder {
-                ids.extend(row_ids.chain(pads));
-                mask.extend(
-                    std::iter::repeat_n(1i64, prompt.len()).chain(std::iter::repeat_n(0, padding)),
-                );
-            } else {
-                ids.extend(pads.chain(row_ids));
-                mask.extend(
-                    std::iter::repeat_n(0i64, padding).chain(std::iter::repeat_n(1, prompt.len())),
-                );
-            }
-        }
-        let shape = [prompts.len() as i64, width as i64];
-        let ids = Tensor::from_slice(&ids).view(shape).to_device(self.device);
-        let mask = Tensor::from_slice(&mask).view(shape).to_device(self.device);
-        let start = if encoder_decoder {
-            let start = config.decoder_start_token_id.ok_or_else(|| {
-                TaskError::Unsupported("the model has no decoder_start_token_id".into())
-            })?;
-            Tensor::full([prompts.len() as i64, 1], start, (Kind::Int64, self.device))
-        } else {
-            ids.shallow_clone()
-        };
-        let start_len = start.size()[1] as usize;
-        let max_length = config.max_new_tokens.map_or(config.max_length, |n| n + start_len);
-        if max_length <= start_len {
-            return Err(TaskError::Invalid(format!(
-                "max_length ({max_length}) leaves no room after the {start_len} start tokens; set max_new_tokens"
-            )));
-        }
-        let stop_check = |tokens: &[i64]| -> bool {
-            let ids: Vec<u32> = tokens.iter().map(|&t| t as u32).collect();
-            let text = self.tokenizer.decode(&ids, true).unwrap_or_default();
-            params.stop.iter().any(|s| text.contains(s.as_str()))
-        };
-        let stop = (!params.stop.is_empty()).then_some(&stop_check as &dyn Fn(&[i64]) -> bool);
-        let mut step = self.generator.step(&ids, &mask);
-        let generated = generate(step.as_mut(), &start, config, max_length, None, stop);
-        let sequences = Vec::<Vec<i64>>::try_from(generated.sequences.to_device(Device::Cpu))
-            .map_err(|e| TaskError::Model(e.to_string()))?;
-        let per_input = sequences.len() / prompts.len().max(1);
-        let mut out = Vec::with_capacity(prompts.len());
-        for (index, prompt) in prompts.iter().enumerate() {
-            let mut generation = Generation {
-                texts: Vec::new(),
-                output_tokens: Vec::new(),
-                finish_reasons: Vec::new(),
-            };
-            for sequence in &sequences[index * per_input..(index + 1) * per_input] {
-                let new = &sequence[start_len..];
-                let (tokens, reason) = self.trim(new, config, &params.stop);
-                let text = self.text_of(prompt, &tokens, params, encoder_decoder)?;
-                generation.texts.push(text);
-                generation.output_tokens.push(tokens.len());
-                generation.finish_reasons.push(reason);
-            }
-            out.push(generation);
-        }
-        Ok(out)
     }
 
     /// The generated tokens up to and including the first eos (padding after it dropped), and
@@ -487,13 +420,13 @@ impl GenerationPipeline {
         Ok(if params.return_full_text { format!("{prompt_text}{new_text}") } else { new_text })
     }
 
-    fn summarize_chunked(
+    /// The chunks' prompts of a long document ([`Plan::Chunks`]); None when it fits in one.
+    fn chunk_prompts(
         &self,
         text: &str,
-        params: &GenerationParams,
         size: usize,
         overlap: usize,
-    ) -> Result<GenerationResult, TaskError> {
+    ) -> Result<Option<Plan>, TaskError> {
         let ids = self.tokenizer.encode_plain(&format!("{}{text}", self.prefix))?;
         let room = size.saturating_sub(2).max(1);
         let step = room.saturating_sub(overlap).max(1);
@@ -508,16 +441,12 @@ impl GenerationPipeline {
             start += step;
         }
         if chunks.len() == 1 {
-            let (ids, input_tokens, truncated) = self.prompt_ids(text, params)?;
-            return self.generate_one(ids, input_tokens, truncated, params);
+            return Ok(None);
         }
         let prompts = chunks
             .iter()
             .map(|chunk| Ok(self.tokenizer.encode(&format!("{}{chunk}", self.prefix), true)?.ids))
             .collect::<Result<Vec<_>, TaskError>>()?;
-        let partial = self.run_batch(&prompts, params)?;
-        let joined = partial.iter().map(|g| g.texts[0].trim()).collect::<Vec<_>>().join(" ");
-        let prompt = self.tokenizer.encode(&format!("{}{joined}", self.prefix), true)?;
-        self.generate_one(prompt.ids, ids.len(), false, params)
+        Ok(Some(Plan::Chunks { prompts, input_tokens: ids.len() }))
     }
 }

@@ -32,6 +32,8 @@ pub enum TaskError {
     Unsupported(String),
     #[error("model failed: {0}")]
     Model(String),
+    #[error("out of memory even alone: {0}")]
+    OutOfMemory(String),
 }
 
 /// One input of a task.

@@ -114,8 +114,9 @@ pub struct EncoderPipeline {
     pub task: Task,
     pub identity: ModelIdentity,
     pub tokenizer: TextTokenizer,
-    /// None once [`EncoderPipeline::take_model`] gave it to the engine.
-    model: Option<EncoderModel>,
+    /// None once [`EncoderPipeline::take_model`] gave it to the engine. Behind a mutex so the
+    /// tokenizer side can be shared between threads: the model is only used by one at a time.
+    model: Mutex<Option<EncoderModel>>,
     labels: Vec<String>,
     problem_type: Option<String>,
     pooling: embed::PoolingConfig,
@@ -154,6 +155,25 @@ pub struct RowRequest {
     pub ids: Vec<u32>,
     pub type_ids: Vec<u32>,
     pub extract: Extract,
+}
+
+/// Inputs tokenized for one call: each input's preparation (or error) and, for each row sent to
+/// the model, which input and window it belongs to.
+pub struct PreparedCall {
+    prepared: Vec<Result<Prepared, TaskError>>,
+    rows: Vec<(usize, usize)>,
+}
+
+impl PreparedCall {
+    /// Each input's error, if it could not be prepared.
+    pub fn errors(&self) -> impl Iterator<Item = (usize, &TaskError)> {
+        self.prepared.iter().enumerate().filter_map(|(i, p)| p.as_ref().err().map(|e| (i, e)))
+    }
+
+    /// Each input's untruncated token count (0 for inputs that failed).
+    pub fn input_tokens(&self) -> Vec<usize> {
+        self.prepared.iter().map(|p| p.as_ref().map_or(0, |p| p.rows()[0].input_tokens)).collect()
+    }
 }
 
 /// What a prepared input asks of the model.
@@ -254,29 +274,24 @@ impl EncoderPipeline {
             identity: ModelIdentity { name, sha256: encoder.sha256.clone() },
             labels: encoder.labels.clone(),
             problem_type: encoder.config.problem_type.clone(),
-            model: Some(EncoderModel {
+            model: Mutex::new(Some(EncoderModel {
                 encoder,
                 task,
                 device: placement.device,
                 token_types,
                 pad_id: tokenizer.pad_id,
                 stats: Arc::default(),
-            }),
+            })),
             tokenizer,
             pooling,
             budget,
         })
     }
 
-    /// The model side, for running rows directly (None once the engine took it).
-    pub fn model(&self) -> Option<&EncoderModel> {
-        self.model.as_ref()
-    }
-
     /// Hands the model side to the engine's model thread; the pipeline keeps tokenizing and
     /// post-processing, and runs rows through [`EncoderPipeline::run_rows`].
     pub fn take_model(&mut self) -> Option<EncoderModel> {
-        self.model.take()
+        self.model.get_mut().unwrap_or_else(|poisoned| poisoned.into_inner()).take()
     }
 
     /// Parses a task's parameters from a JSON object; unknown names are errors.
@@ -307,7 +322,8 @@ impl EncoderPipeline {
 
     /// Answers every input; each gets its own result or error, in input order.
     pub fn run(&self, items: &[(TaskInput, TaskParams)]) -> Vec<Result<TaskResult, TaskError>> {
-        self.run_rows(items, |requests| match &self.model {
+        let model = self.model.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        self.run_rows(items, |requests| match model.as_ref() {
             Some(model) => {
                 let widths: Vec<usize> = requests.iter().map(|r| r.ids.len()).collect();
                 cut_batches(&widths, self.budget)
@@ -329,27 +345,53 @@ impl EncoderPipeline {
         items: &[(TaskInput, TaskParams)],
         answer: impl FnOnce(Vec<RowRequest>) -> Vec<Result<RowOutput, TaskError>>,
     ) -> Vec<Result<TaskResult, TaskError>> {
+        let (call, requests) = self.prepare_rows(items);
+        self.finish_rows(items, call, answer(requests))
+    }
+
+    /// Tokenizes every input into the rows the model must run, length-sorted; an input that
+    /// cannot be prepared keeps its error in the returned [`PreparedCall`].
+    pub fn prepare_rows(
+        &self,
+        items: &[(TaskInput, TaskParams)],
+    ) -> (PreparedCall, Vec<RowRequest>) {
         let prepared: Vec<Result<Prepared, TaskError>> =
             items.iter().map(|(input, params)| self.prepare(input, params)).collect();
-        let mut rows: Vec<(usize, usize, &Encoded)> = Vec::new();
+        let mut rows: Vec<(usize, usize, usize)> = Vec::new();
         for (item, prepared) in prepared.iter().enumerate() {
             if let Ok(prepared) = prepared {
                 for (window, encoded) in prepared.rows().into_iter().enumerate() {
-                    rows.push((item, window, encoded));
+                    rows.push((item, window, encoded.len()));
                 }
             }
         }
-        rows.sort_by_key(|(_, _, encoded)| encoded.len());
+        rows.sort_by_key(|&(_, _, len)| len);
         let requests: Vec<RowRequest> = rows
             .iter()
-            .map(|(item, _, encoded)| self.row_request(&items[*item].1, &prepared[*item], encoded))
+            .map(|&(item, window, _)| {
+                let encoded = prepared[item].as_ref().map(|p| p.rows()[window]).ok();
+                self.row_request(&items[item].1, &prepared[item], encoded.expect("prepared"))
+            })
             .collect();
+        let rows = rows.into_iter().map(|(item, window, _)| (item, window)).collect();
+        (PreparedCall { prepared, rows }, requests)
+    }
+
+    /// Turns each input's row outputs (in the order [`EncoderPipeline::prepare_rows`] gave the
+    /// rows) into its answer.
+    pub fn finish_rows(
+        &self,
+        items: &[(TaskInput, TaskParams)],
+        call: PreparedCall,
+        answers: Vec<Result<RowOutput, TaskError>>,
+    ) -> Vec<Result<TaskResult, TaskError>> {
+        let PreparedCall { prepared, rows } = call;
         let mut outputs: Vec<Vec<Result<RowOutput, TaskError>>> = prepared
             .iter()
             .map(|p| p.as_ref().map_or(0, |p| p.rows().len()))
             .map(|n| vec![Ok(RowOutput::default()); n])
             .collect();
-        for ((item, window, _), result) in rows.iter().zip(answer(requests)) {
+        for ((item, window), result) in rows.iter().zip(answers) {
             outputs[*item][*window] = result;
         }
         prepared
@@ -365,7 +407,8 @@ impl EncoderPipeline {
 
     /// What the model side has computed so far (batches, real and padded tokens).
     pub fn stats(&self) -> Option<Arc<Mutex<BatchStats>>> {
-        self.model.as_ref().map(|m| m.stats.clone())
+        let model = self.model.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        model.as_ref().map(|m| m.stats.clone())
     }
 
     fn prepare(&self, input: &TaskInput, params: &TaskParams) -> Result<Prepared, TaskError> {
@@ -533,8 +576,8 @@ impl crate::engine::batcher::BatchModel for EncoderModel {
     type Input = RowRequest;
     type Output = RowOutput;
 
-    fn run(&mut self, batch: Vec<RowRequest>) -> Vec<Result<RowOutput, String>> {
-        self.forward_rows(&batch).into_iter().map(|r| r.map_err(|e| e.to_string())).collect()
+    fn run(&mut self, batch: &[RowRequest]) -> Vec<Result<RowOutput, String>> {
+        self.forward_rows(batch).into_iter().map(|r| r.map_err(|e| e.to_string())).collect()
     }
 }
 

@@ -1,0 +1,342 @@
+//! A generation task served by the engine: prompts are planned (tokenized, truncated or split
+//! into chunks) and answers decoded on the CPU pool; the [`Scheduler`] generates with continuous
+//! batching. Unary calls, streams and `lote run` all come through here.
+
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use futures::{StreamExt, future::try_join_all};
+use tokio::sync::{mpsc, oneshot};
+
+use super::{
+    batcher::BatchError,
+    call::{Answered, CallReport, EngineError, task_error},
+    cpu_pool::CpuPool,
+    policy::{Lane, Policy},
+    scheduler::{GenerationRequest, Scheduler},
+};
+use crate::{
+    generation::stream::TextStream,
+    tasks::{
+        TaskError, TaskInput,
+        generate::{
+            FinishReason, Generation, GenerationParams, GenerationPipeline, GenerationResult,
+            LongDocument, Plan,
+        },
+    },
+};
+
+/// A cheap cloneable handle to one generative model.
+#[derive(Clone)]
+pub struct GenerationService {
+    pipeline: Arc<GenerationPipeline>,
+    scheduler: Scheduler,
+    pool: CpuPool,
+    max_input_tokens: Option<usize>,
+    bulk_in_flight: usize,
+}
+
+/// What a stream sends: text as it becomes final, then how it ended.
+#[derive(Debug, Clone, PartialEq)]
+pub enum StreamEvent {
+    Token {
+        token: u32,
+        text: String,
+    },
+    /// `rest` is text held back until the end (an incomplete character).
+    Finished {
+        reason: FinishReason,
+        rest: String,
+        report: CallReport,
+    },
+    Failed(EngineError),
+}
+
+/// One generation's outcome from the scheduler, with its times.
+struct Sequences {
+    sequences: Vec<Vec<i64>>,
+    queued: Duration,
+    computed: Duration,
+}
+
+impl GenerationService {
+    /// Takes the pipeline's model onto its scheduler thread.
+    pub fn start(
+        name: &str,
+        mut pipeline: GenerationPipeline,
+        policy: Policy,
+        pool: CpuPool,
+        max_input_tokens: Option<usize>,
+    ) -> Self {
+        let generator = pipeline.take_generator().expect("a freshly loaded pipeline has its model");
+        Self {
+            pipeline: Arc::new(pipeline),
+            scheduler: Scheduler::start(name, generator, policy),
+            pool,
+            max_input_tokens,
+            bulk_in_flight: (policy.max_queued / 2).max(1),
+        }
+    }
+
+    pub fn pipeline(&self) -> &GenerationPipeline {
+        &self.pipeline
+    }
+
+    /// Generates for every input; each gets its own result. Fails as a whole when the model
+    /// refuses the call (overloaded, deadline, shutting down) or an input is over the limit.
+    pub async fn generate(
+        &self,
+        items: Vec<(TaskInput, GenerationParams)>,
+        lane: Lane,
+        deadline: Option<tokio::time::Instant>,
+    ) -> Result<Answered<GenerationResult>, EngineError> {
+        let started = Instant::now();
+        let plans = {
+            let (pipeline, items) = (self.pipeline.clone(), items.clone());
+            self.pool
+                .run(move || {
+                    items.iter().map(|(input, params)| pipeline.plan(input, params)).collect()
+                })
+                .await?
+        };
+        let plans: Vec<Result<Plan, TaskError>> = plans;
+        let mut report = CallReport { tokenize: started.elapsed(), ..CallReport::default() };
+        for (index, plan) in plans.iter().enumerate() {
+            if let Ok(plan) = plan {
+                let tokens = match plan {
+                    Plan::Single(prompt) => prompt.input_tokens,
+                    Plan::Chunks { input_tokens, .. } => *input_tokens,
+                };
+                if let Some(limit) = self.max_input_tokens
+                    && tokens > limit
+                {
+                    return Err(EngineError::InputTooLong { index, tokens, limit });
+                }
+                report.input_tokens += tokens;
+            }
+        }
+        let calls = plans.into_iter().zip(items).map(|(plan, (_, params))| async move {
+            match plan {
+                Ok(plan) => self.run_plan(plan, params, lane, deadline).await,
+                Err(error) => Ok((Err(error), CallReport::default())),
+            }
+        });
+        // Bulk calls keep at most half the queue bound in flight, so they never overflow it.
+        let in_flight = match lane {
+            Lane::Interactive => usize::MAX,
+            Lane::Bulk => self.bulk_in_flight,
+        };
+        let mut results = Vec::new();
+        let outcomes: Vec<_> =
+            futures::stream::iter(calls).buffered(in_flight.max(1)).collect().await;
+        for outcome in outcomes {
+            let (result, cost) = outcome?;
+            report.output_tokens += cost.output_tokens;
+            report.queue = report.queue.max(cost.queue);
+            report.tokenize += cost.tokenize;
+            report.inference = report.inference.max(cost.inference);
+            results.push(result);
+        }
+        Ok(Answered { results, report })
+    }
+
+    /// One input: its prompt, or its chunks then the summary of their summaries.
+    async fn run_plan(
+        &self,
+        plan: Plan,
+        params: GenerationParams,
+        lane: Lane,
+        deadline: Option<tokio::time::Instant>,
+    ) -> Result<(Result<GenerationResult, TaskError>, CallReport), EngineError> {
+        let mut report = CallReport::default();
+        let (prompt, input_tokens, truncated) = match plan {
+            Plan::Single(prompt) => (prompt.ids, prompt.input_tokens, prompt.truncated),
+            Plan::Chunks { prompts, input_tokens } => {
+                let chunks = prompts
+                    .iter()
+                    .map(|prompt| self.generate_one(prompt.clone(), &params, lane, deadline, None));
+                let mut summaries = Vec::new();
+                for (prompt, outcome) in prompts.iter().zip(try_join_all(chunks).await?) {
+                    let sequences = match outcome {
+                        Ok(sequences) => sequences,
+                        Err(error) => return Ok((Err(error), report)),
+                    };
+                    report.queue = report.queue.max(sequences.queued);
+                    report.inference += sequences.computed;
+                    match self.decode(prompt.clone(), sequences.sequences, &params).await? {
+                        Ok(generation) => summaries.push(generation.texts[0].clone()),
+                        Err(error) => return Ok((Err(error), report)),
+                    }
+                }
+                let pipeline = self.pipeline.clone();
+                let prompt = match self.pool.run(move || pipeline.final_prompt(&summaries)).await? {
+                    Ok(prompt) => prompt,
+                    Err(error) => return Ok((Err(error), report)),
+                };
+                (prompt, input_tokens, false)
+            }
+        };
+        let sequences =
+            match self.generate_one(prompt.clone(), &params, lane, deadline, None).await? {
+                Ok(sequences) => sequences,
+                Err(error) => return Ok((Err(error), report)),
+            };
+        report.queue = report.queue.max(sequences.queued);
+        report.inference += sequences.computed;
+        let started = Instant::now();
+        let generation = self.decode(prompt, sequences.sequences, &params).await?;
+        report.tokenize += started.elapsed();
+        let result = generation.map(|generation| {
+            report.output_tokens += generation.output_tokens.iter().sum::<usize>();
+            GenerationResult { generation, input_tokens, truncated }
+        });
+        Ok((result, report))
+    }
+
+    /// Decodes a prompt's sequences on the pool.
+    async fn decode(
+        &self,
+        prompt: Vec<u32>,
+        sequences: Vec<Vec<i64>>,
+        params: &GenerationParams,
+    ) -> Result<Result<Generation, TaskError>, EngineError> {
+        let (pipeline, params) = (self.pipeline.clone(), params.clone());
+        Ok(self.pool.run(move || pipeline.generation_of(&prompt, &sequences, &params)).await?)
+    }
+
+    /// Queues one prompt with the scheduler and waits for its sequences.
+    async fn generate_one(
+        &self,
+        prompt: Vec<u32>,
+        params: &GenerationParams,
+        lane: Lane,
+        deadline: Option<tokio::time::Instant>,
+        tokens: Option<mpsc::UnboundedSender<i64>>,
+    ) -> Result<Result<Sequences, TaskError>, EngineError> {
+        let (config, max_length) = match self.pipeline.request_config(prompt.len(), params) {
+            Ok(config) => config,
+            Err(error) => return Ok(Err(error)),
+        };
+        let (reply, answer) = oneshot::channel();
+        self.scheduler
+            .submit(GenerationRequest {
+                prompt,
+                config,
+                max_length,
+                stop: self.pipeline.stop_check(params),
+                lane,
+                deadline: deadline.map(tokio::time::Instant::into_std),
+                tokens,
+                reply,
+            })
+            .map_err(|e| EngineError::Unavailable(e.to_string()))?;
+        match answer.await {
+            Ok(Ok(generated)) => Ok(Ok(Sequences {
+                sequences: generated.sequences,
+                queued: generated.queued,
+                computed: generated.computed,
+            })),
+            Ok(Err(error)) => match EngineError::from_batch(&error) {
+                Some(refusal) => Err(refusal),
+                None => Ok(Err(task_error(error))),
+            },
+            Err(_) => Err(EngineError::Unavailable(BatchError::Unavailable.to_string())),
+        }
+    }
+
+    /// Streams one prompt's single sequence. Events end with `Finished` or `Failed`; dropping
+    /// the receiver stops the generation at its next step.
+    pub async fn stream(
+        &self,
+        input: TaskInput,
+        params: GenerationParams,
+        lane: Lane,
+        deadline: Option<tokio::time::Instant>,
+    ) -> Result<mpsc::Receiver<StreamEvent>, EngineError> {
+        let config = &params.generate;
+        if config.num_beams > 1 || (config.do_sample && config.num_return_sequences > 1) {
+            return Err(EngineError::Invalid(
+                "a stream carries one sequence: num_beams and num_return_sequences must be 1"
+                    .into(),
+            ));
+        }
+        if matches!(params.long_document, LongDocument::Chunked { .. }) {
+            return Err(EngineError::Invalid(
+                "long_document=chunked summaries cannot be streamed".into(),
+            ));
+        }
+        let started = Instant::now();
+        let plan = {
+            let (pipeline, input, params) = (self.pipeline.clone(), input, params.clone());
+            self.pool.run(move || pipeline.plan(&input, &params)).await?
+        };
+        let prompt = match plan {
+            Ok(Plan::Single(prompt)) => prompt,
+            Ok(Plan::Chunks { .. }) => unreachable!("chunked plans were refused above"),
+            Err(error) => return Err(EngineError::for_input(0, &error)),
+        };
+        if let Some(limit) = self.max_input_tokens
+            && prompt.input_tokens > limit
+        {
+            return Err(EngineError::InputTooLong { index: 0, tokens: prompt.input_tokens, limit });
+        }
+        let tokenize = started.elapsed();
+        let (events, receiver) = mpsc::channel(64);
+        let (tokens_tx, mut tokens) = mpsc::unbounded_channel();
+        let service = self.clone();
+        tokio::spawn(async move {
+            let ids = prompt.ids.clone();
+            let generation = service.generate_one(ids, &params, lane, deadline, Some(tokens_tx));
+            tokio::pin!(generation);
+            let tokenizer = service.pipeline.tokenizer.clone();
+            let mut text =
+                TextStream::new(move |t: &[u32]| tokenizer.decode(t, true).unwrap_or_default());
+            let outcome = loop {
+                tokio::select! {
+                    outcome = &mut generation => break outcome,
+                    Some(token) = tokens.recv() => {
+                        let piece = text.push(token as u32).unwrap_or_default();
+                        let event = StreamEvent::Token { token: token as u32, text: piece };
+                        if events.send(event).await.is_err() {
+                            return; // the caller left: dropping `tokens` stops the generation
+                        }
+                    }
+                }
+            };
+            // Tokens sent just before the end.
+            while let Ok(token) = tokens.try_recv() {
+                let piece = text.push(token as u32).unwrap_or_default();
+                let _ = events.send(StreamEvent::Token { token: token as u32, text: piece }).await;
+            }
+            let last = match outcome {
+                Ok(Ok(sequences)) => {
+                    let rest = text.finish().unwrap_or_default();
+                    let decoded = service
+                        .decode(prompt.ids.clone(), sequences.sequences.clone(), &params)
+                        .await;
+                    match decoded {
+                        Ok(Ok(generation)) => StreamEvent::Finished {
+                            reason: generation.finish_reasons[0],
+                            rest,
+                            report: CallReport {
+                                input_tokens: prompt.input_tokens,
+                                output_tokens: generation.output_tokens[0],
+                                queue: sequences.queued,
+                                tokenize,
+                                inference: sequences.computed,
+                            },
+                        },
+                        Ok(Err(error)) => StreamEvent::Failed(EngineError::for_input(0, &error)),
+                        Err(error) => StreamEvent::Failed(error),
+                    }
+                }
+                Ok(Err(error)) => StreamEvent::Failed(EngineError::for_input(0, &error)),
+                Err(error) => StreamEvent::Failed(error),
+            };
+            let _ = events.send(last).await;
+        });
+        Ok(receiver)
+    }
+}

@@ -1,0 +1,628 @@
+//! Continuous batching for generation (text-generation-inference's shape): one OS thread owns a
+//! generative model and one running batch of decoder rows. Between two decode steps, rows of
+//! finished generations leave and waiting requests join: their prompts are prefilled together
+//! in one step of their own, then their caches are appended to the running batch's (padded and
+//! masked, so every row computes what it computes alone). Each generation keeps its own search
+//! ([`Search`]: greedy, sampling or beams, with its own processors), so requests with different
+//! parameters share the model's forward passes.
+//!
+//! Admission follows the batching policy ([`BatchQueue`]): lanes, the queue bound, deadlines, and
+//! the token budget, where a request costs its rows (beams or sampled copies) times its longest
+//! length (prompt plus new tokens). A request whose caller has gone (or whose token stream was
+//! closed) leaves at the next step. Seeded sampling runs alone, so a seed always gives the same
+//! text. Out of memory during a step restarts the batch's requests from the queue with a lower
+//! budget; a request that runs out of memory alone fails alone.
+
+use std::{
+    panic::AssertUnwindSafe,
+    sync::{Arc, mpsc},
+    time::{Duration, Instant},
+};
+
+use tch::{Device, Kind, Tensor};
+use tokio::sync::{mpsc as tokio_mpsc, oneshot};
+
+use super::{
+    batcher::{BatchError, is_out_of_memory},
+    policy::{BatchQueue, Decision, Entry, Lane, Policy},
+};
+use crate::generation::{
+    DecoderStep, GenerateConfig,
+    search::{Search, StopCheck},
+};
+
+/// What the scheduler needs of a generative model.
+pub trait StepModel {
+    /// GPT-2 feeds the prompt to the decoder; BART and T5 encode it and start the decoder anew.
+    fn is_encoder_decoder(&self) -> bool;
+    /// A decoder step over `ids` `[batch, len]` with `mask` (1 = real token).
+    fn start<'a>(&'a self, ids: &Tensor, mask: &Tensor) -> Box<dyn DecoderStep + 'a>;
+    fn device(&self) -> Device;
+}
+
+impl StepModel for crate::models::generative::LoadedGenerator {
+    fn is_encoder_decoder(&self) -> bool {
+        crate::models::generative::LoadedGenerator::is_encoder_decoder(self)
+    }
+
+    fn start<'a>(&'a self, ids: &Tensor, mask: &Tensor) -> Box<dyn DecoderStep + 'a> {
+        self.step(ids, mask)
+    }
+
+    fn device(&self) -> Device {
+        self.device
+    }
+}
+
+/// Tells whether a sequence's generated tokens hold a stop string.
+pub type StopFn = Arc<dyn Fn(&[i64]) -> bool + Send + Sync>;
+
+/// One generation asked of the scheduler.
+pub struct GenerationRequest {
+    /// The prompt (GPT-2) or the encoder input (BART, T5), special tokens included.
+    pub prompt: Vec<u32>,
+    pub config: GenerateConfig,
+    /// Total length (start sequence included) at which generation stops.
+    pub max_length: usize,
+    pub stop: Option<StopFn>,
+    pub lane: Lane,
+    pub deadline: Option<Instant>,
+    /// Each new token of the single sequence, as it is chosen (streaming).
+    pub tokens: Option<tokio_mpsc::UnboundedSender<i64>>,
+    pub reply: oneshot::Sender<Result<Generated, BatchError>>,
+}
+
+/// A finished generation: the new tokens of each returned sequence (start sequence removed,
+/// padding kept for the caller to trim), and its times.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Generated {
+    pub sequences: Vec<Vec<i64>>,
+    pub queued: Duration,
+    pub computed: Duration,
+}
+
+impl GenerationRequest {
+    /// Decoder rows it occupies: beams or sampled copies.
+    fn rows(&self) -> usize {
+        if self.config.num_beams > 1 {
+            self.config.num_beams
+        } else if self.config.do_sample {
+            self.config.num_return_sequences
+        } else {
+            1
+        }
+    }
+
+    /// Its share of the token budget: rows times the longest length it can reach.
+    fn cost(&self) -> usize {
+        self.rows() * (self.prompt.len() + self.max_length)
+    }
+
+    fn abandoned(&self) -> bool {
+        self.reply.is_closed() || self.tokens.as_ref().is_some_and(|t| t.is_closed())
+    }
+}
+
+/// A handle to one generative model's scheduler thread.
+#[derive(Clone)]
+pub struct Scheduler {
+    requests: mpsc::Sender<GenerationRequest>,
+}
+
+impl Scheduler {
+    /// Starts the scheduler thread, which owns `model` from then on. `name` labels its metrics.
+    pub fn start<M: StepModel + Send + 'static>(name: &str, model: M, policy: Policy) -> Self {
+        let (requests, incoming) = mpsc::channel();
+        let label = name.to_string();
+        std::thread::Builder::new()
+            .name(format!("lote-generate-{name}"))
+            .spawn(move || Worker::new(&model, label, policy, incoming).run())
+            .expect("the scheduler thread starts");
+        Self { requests }
+    }
+
+    /// Queues a generation; its answer comes through `request.reply`.
+    pub fn submit(&self, request: GenerationRequest) -> Result<(), BatchError> {
+        self.requests.send(request).map_err(|_| BatchError::Unavailable)
+    }
+}
+
+/// A generation in the running batch.
+struct Group {
+    request: GenerationRequest,
+    search: Search,
+    /// Its tokens to feed at the next step, `[rows, 1]`.
+    feed: Tensor,
+    /// Length of its start sequence (prompt for GPT-2, decoder start for the others).
+    start_len: usize,
+    enqueued: Instant,
+    joined: Instant,
+    /// Whether it has streamed any token (a restart would repeat them).
+    streamed: bool,
+}
+
+struct Worker<'m, M: StepModel> {
+    model: &'m M,
+    name: String,
+    queue: BatchQueue<GenerationRequest>,
+    /// Seeded requests: each runs alone.
+    seeded: std::collections::VecDeque<Entry<GenerationRequest>>,
+    max_queued: usize,
+    max_rows: usize,
+    incoming: mpsc::Receiver<GenerationRequest>,
+    open: bool,
+    step: Option<Box<dyn DecoderStep + 'm>>,
+    groups: Vec<Group>,
+}
+
+/// Why a step could not run.
+enum StepFailure {
+    OutOfMemory(String),
+    Other(String),
+}
+
+fn guarded<T>(work: impl FnOnce() -> T) -> Result<T, StepFailure> {
+    std::panic::catch_unwind(AssertUnwindSafe(work)).map_err(|panic| {
+        let message = panic
+            .downcast_ref::<String>()
+            .cloned()
+            .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+            .unwrap_or_else(|| "the model panicked".into());
+        if is_out_of_memory(&message) {
+            StepFailure::OutOfMemory(message)
+        } else {
+            StepFailure::Other(message)
+        }
+    })
+}
+
+impl<'m, M: StepModel> Worker<'m, M> {
+    fn new(
+        model: &'m M,
+        name: String,
+        policy: Policy,
+        incoming: mpsc::Receiver<GenerationRequest>,
+    ) -> Self {
+        Self {
+            model,
+            name,
+            queue: BatchQueue::new(policy),
+            seeded: Default::default(),
+            max_queued: policy.max_queued,
+            max_rows: policy.max_batch_size,
+            incoming,
+            open: true,
+            step: None,
+            groups: Vec::new(),
+        }
+    }
+
+    fn run(mut self) {
+        let _no_grad = tch::no_grad_guard();
+        loop {
+            if !self.take_requests() {
+                return;
+            }
+            self.drop_expired_and_abandoned();
+            self.admit();
+            if !self.groups.is_empty() {
+                self.decode();
+            }
+            metrics::gauge!("lote_queue_depth", "model" => self.name.clone())
+                .set((self.queue.len() + self.seeded.len()) as f64);
+            metrics::gauge!("lote_running_rows", "model" => self.name.clone())
+                .set(self.rows() as f64);
+        }
+    }
+
+    fn rows(&self) -> usize {
+        self.groups.iter().map(|g| g.search.rows() as usize).sum()
+    }
+
+    fn cost(&self) -> usize {
+        self.groups.iter().map(|g| g.request.cost()).sum()
+    }
+
+    /// Moves arrived requests into the queue, blocking while there is nothing to do (until the
+    /// next batch is due). False once every handle is gone and no work is left.
+    fn take_requests(&mut self) -> bool {
+        let idle = self.groups.is_empty();
+        if idle && self.queue.is_empty() && self.seeded.is_empty() {
+            if !self.open {
+                return false;
+            }
+            match self.incoming.recv() {
+                Ok(request) => self.enqueue(request),
+                Err(_) => return false,
+            }
+        } else if idle && self.seeded.is_empty() {
+            // Waiting for company: until the oldest request's delay is over, or one arrives.
+            if let Some(at) = self.queue.due_at()
+                && let Some(wait) = at.checked_duration_since(Instant::now())
+            {
+                match self.incoming.recv_timeout(wait) {
+                    Ok(request) => self.enqueue(request),
+                    Err(mpsc::RecvTimeoutError::Timeout) => {}
+                    Err(mpsc::RecvTimeoutError::Disconnected) => self.open = false,
+                }
+            }
+        }
+        loop {
+            match self.incoming.try_recv() {
+                Ok(request) => self.enqueue(request),
+                Err(mpsc::TryRecvError::Empty) => return true,
+                Err(mpsc::TryRecvError::Disconnected) => {
+                    self.open = false;
+                    return true;
+                }
+            }
+        }
+    }
+
+    fn enqueue(&mut self, request: GenerationRequest) {
+        let now = Instant::now();
+        let entry = Entry {
+            lane: request.lane,
+            tokens: request.cost(),
+            rows: request.rows(),
+            enqueued: now,
+            deadline: request.deadline,
+            item: request,
+        };
+        if entry.item.config.do_sample && entry.item.config.seed.is_some() {
+            if self.queue.len() + self.seeded.len() >= self.max_queued {
+                let queued = self.queue.len() + self.seeded.len();
+                let _ = entry.item.reply.send(Err(BatchError::Overloaded { queued }));
+            } else {
+                self.seeded.push_back(entry);
+            }
+            return;
+        }
+        let seeded = self.seeded.len();
+        if self.queue.len() + seeded >= self.max_queued {
+            let queued = self.queue.len() + seeded;
+            let _ = entry.item.reply.send(Err(BatchError::Overloaded { queued }));
+            return;
+        }
+        if let Err((overloaded, entry)) = self.queue.push(entry) {
+            let _ =
+                entry.item.reply.send(Err(BatchError::Overloaded { queued: overloaded.queued }));
+        }
+    }
+
+    fn drop_expired_and_abandoned(&mut self) {
+        let now = Instant::now();
+        for expired in self.queue.take_expired(now) {
+            let _ = expired.item.reply.send(Err(BatchError::DeadlineExceeded));
+        }
+        self.queue.remove_where(GenerationRequest::abandoned);
+        self.seeded.retain(|entry| {
+            let expired = entry.deadline.is_some_and(|d| d <= now);
+            !expired && !entry.item.abandoned()
+        });
+        let gone: Vec<usize> = (0..self.groups.len())
+            .filter(|&i| {
+                let request = &self.groups[i].request;
+                request.abandoned() || request.deadline.is_some_and(|d| d <= now)
+            })
+            .collect();
+        if gone.is_empty() {
+            return;
+        }
+        let mut keep = Vec::new();
+        let mut offset = 0;
+        let mut groups = Vec::with_capacity(self.groups.len());
+        for (i, group) in std::mem::take(&mut self.groups).into_iter().enumerate() {
+            let rows = group.search.rows();
+            if gone.contains(&i) {
+                if group.request.deadline.is_some_and(|d| d <= now) {
+                    let _ = group.request.reply.send(Err(BatchError::DeadlineExceeded));
+                }
+            } else {
+                keep.push(Tensor::arange_start(
+                    offset,
+                    offset + rows,
+                    (Kind::Int64, self.model.device()),
+                ));
+                groups.push(group);
+            }
+            offset += rows;
+        }
+        self.groups = groups;
+        self.keep_rows(keep);
+    }
+
+    /// Keeps these rows of the running batch (or ends it when none are left).
+    fn keep_rows(&mut self, keep: Vec<Tensor>) {
+        if keep.is_empty() {
+            self.step = None;
+        } else if let Some(step) = self.step.as_mut() {
+            step.select_rows(&Tensor::cat(&keep, 0));
+        }
+    }
+
+    /// Starts waiting requests that fit beside the running ones.
+    fn admit(&mut self) {
+        let now = Instant::now();
+        let seeded_running = self.groups.iter().any(|g| g.request.config.seed.is_some());
+        if seeded_running {
+            return;
+        }
+        let joiners = if self.groups.is_empty() {
+            if let Some(entry) = self.seeded.pop_front() {
+                if let Some(seed) = entry.item.config.seed {
+                    tch::manual_seed(seed as i64);
+                }
+                vec![entry]
+            } else {
+                match self.queue.next_batch(now) {
+                    Decision::Run(batch) => batch,
+                    _ => return,
+                }
+            }
+        } else {
+            let free_tokens = self.queue.token_budget().saturating_sub(self.cost());
+            let free_rows = self.max_rows.saturating_sub(self.rows());
+            self.queue.admit(free_tokens, free_rows)
+        };
+        if joiners.is_empty() {
+            return;
+        }
+        metrics::histogram!("lote_batch_size", "model" => self.name.clone())
+            .record(joiners.len() as f64);
+        let started = Instant::now();
+        let joiners: Vec<(GenerationRequest, Instant)> =
+            joiners.into_iter().map(|e| (e.item, e.enqueued)).collect();
+        let model = self.model;
+        // The prefill step is built outside the guard: it borrows the model for the batch's life.
+        let mut fresh: Option<Box<dyn DecoderStep + 'm>> = None;
+        let result = guarded(|| prefill(model, &joiners, &mut fresh));
+        match result {
+            Ok(searches) => {
+                let mut joined = Vec::new();
+                let mut keep = Vec::new();
+                let mut offset = 0;
+                for ((request, enqueued), (search, advance, start_len)) in
+                    joiners.into_iter().zip(searches)
+                {
+                    let rows = search.rows();
+                    let mut group = Group {
+                        request,
+                        search,
+                        feed: Tensor::zeros([0], (Kind::Int64, Device::Cpu)),
+                        start_len,
+                        enqueued,
+                        joined: started,
+                        streamed: false,
+                    };
+                    match group.take(advance, offset) {
+                        Some(rows_kept) => {
+                            keep.push(rows_kept);
+                            joined.push(group);
+                        }
+                        None => group.finish(),
+                    }
+                    offset += rows;
+                }
+                let Some(mut step) = fresh else { return };
+                if keep.is_empty() {
+                    return;
+                }
+                step.select_rows(&Tensor::cat(&keep, 0));
+                match self.step.as_mut() {
+                    Some(running) => running.append_rows(step.into_rows()),
+                    None => self.step = Some(step),
+                }
+                self.groups.extend(joined);
+            }
+            Err(failure) => {
+                drop(fresh);
+                let requests: Vec<Entry<GenerationRequest>> = joiners
+                    .into_iter()
+                    .map(|(item, enqueued)| Entry {
+                        lane: item.lane,
+                        tokens: item.cost(),
+                        rows: item.rows(),
+                        enqueued,
+                        deadline: item.deadline,
+                        item,
+                    })
+                    .collect();
+                self.recover(failure, requests);
+            }
+        }
+    }
+
+    /// One decode step for every running row.
+    fn decode(&mut self) {
+        let feed =
+            Tensor::cat(&self.groups.iter().map(|g| g.feed.shallow_clone()).collect::<Vec<_>>(), 0);
+        let Some(step) = self.step.as_mut() else { return };
+        let started = Instant::now();
+        let result = guarded(|| step.step(&feed));
+        metrics::histogram!("lote_stage_seconds", "model" => self.name.clone(), "stage" => "decode_step")
+            .record(started.elapsed().as_secs_f64());
+        let logits = match result {
+            Ok(logits) => logits,
+            Err(failure) => {
+                self.step = None;
+                let requests = std::mem::take(&mut self.groups)
+                    .into_iter()
+                    .map(|g| Entry {
+                        lane: g.request.lane,
+                        tokens: g.request.cost(),
+                        rows: g.request.rows(),
+                        enqueued: g.enqueued,
+                        deadline: g.request.deadline,
+                        item: g.request,
+                    })
+                    .collect();
+                self.recover(failure, requests);
+                return;
+            }
+        };
+        let mut keep = Vec::new();
+        let mut offset = 0;
+        let mut groups = Vec::with_capacity(self.groups.len());
+        let mut changed = false;
+        for mut group in std::mem::take(&mut self.groups) {
+            let rows = group.search.rows();
+            let stop = group.request.stop.clone();
+            let stop_ref = stop.as_deref().map(|f| f as &dyn Fn(&[i64]) -> bool);
+            let advance = group.search.advance(logits.narrow(0, offset, rows), stop_ref);
+            changed |= advance.reorder.is_some() || advance.feed.is_none();
+            match group.take(advance, offset) {
+                Some(rows_kept) => {
+                    keep.push(rows_kept);
+                    groups.push(group);
+                }
+                None => group.finish(),
+            }
+            offset += rows;
+        }
+        self.groups = groups;
+        if changed {
+            self.keep_rows(keep);
+        }
+    }
+
+    /// After a failed step: out of memory lowers the budget and queues the requests again
+    /// (one that was alone fails alone, as does one that already streamed tokens); any other
+    /// failure fails them all.
+    fn recover(&mut self, failure: StepFailure, requests: Vec<Entry<GenerationRequest>>) {
+        self.step = None;
+        match failure {
+            StepFailure::OutOfMemory(message) => {
+                metrics::counter!("lote_out_of_memory_total").increment(1);
+                let cost: usize = requests.iter().map(|e| e.tokens).sum();
+                self.queue.lower_token_budget(cost / 2);
+                let alone = requests.len() == 1;
+                for entry in requests {
+                    if alone || entry.item.tokens.is_some() {
+                        let error = BatchError::OutOfMemory(message.clone());
+                        let _ = entry.item.reply.send(Err(error));
+                    } else {
+                        self.queue.push_front(entry);
+                    }
+                }
+            }
+            StepFailure::Other(message) => {
+                for entry in requests {
+                    let _ = entry.item.reply.send(Err(BatchError::Model(message.clone())));
+                }
+            }
+        }
+    }
+}
+
+/// Prefills `joiners` in one batch: builds their start tensors, runs the first step, and lets
+/// each one's search take its logits. The step is left in `fresh` (its rows expanded for beams
+/// and copies, not yet reordered).
+fn prefill<'m, M: StepModel>(
+    model: &'m M,
+    joiners: &[(GenerationRequest, Instant)],
+    fresh: &mut Option<Box<dyn DecoderStep + 'm>>,
+) -> Vec<(Search, crate::generation::search::Advance, usize)> {
+    let device = model.device();
+    let encoder_decoder = model.is_encoder_decoder();
+    let width = joiners.iter().map(|(r, _)| r.prompt.len()).max().unwrap_or(0);
+    let mut ids = Vec::with_capacity(joiners.len() * width);
+    let mut mask = Vec::with_capacity(joiners.len() * width);
+    for (request, _) in joiners {
+        let padding = width - request.prompt.len();
+        let real = request.prompt.iter().map(|&t| i64::from(t));
+        let pads = std::iter::repeat_n(0i64, padding);
+        let (ones, zeros) =
+            (std::iter::repeat_n(1i64, request.prompt.len()), std::iter::repeat_n(0i64, padding));
+        if encoder_decoder {
+            ids.extend(real.chain(pads));
+            mask.extend(ones.chain(zeros));
+        } else {
+            ids.extend(pads.chain(real));
+            mask.extend(zeros.chain(ones));
+        }
+    }
+    let shape = [joiners.len() as i64, width as i64];
+    let ids = Tensor::from_slice(&ids).view(shape).to_device(device);
+    let mask = Tensor::from_slice(&mask).view(shape).to_device(device);
+    let mut step = model.start(&ids, &mask);
+    // Each joiner's own start sequence and search; the batch's rows expanded to match.
+    let mut expand = Vec::new();
+    let mut searches = Vec::new();
+    let mut feeds = Vec::new();
+    for (index, (request, _)) in joiners.iter().enumerate() {
+        let start = if encoder_decoder {
+            let token = request.config.decoder_start_token_id.unwrap_or(0);
+            Tensor::full([1, 1], token, (Kind::Int64, device))
+        } else {
+            let own: Vec<i64> = request.prompt.iter().map(|&t| i64::from(t)).collect();
+            Tensor::from_slice(&own).view([1, -1]).to_device(device)
+        };
+        // The search's own expansion is of this one input: its rows are `copies` of it.
+        let (search, _) = Search::new(&start, &request.config, request.max_length);
+        let copies = search.rows();
+        let padded_feed =
+            if encoder_decoder { start.shallow_clone() } else { ids.narrow(0, index as i64, 1) };
+        for _ in 0..copies {
+            expand.push(index as i64);
+            feeds.push(padded_feed.shallow_clone());
+        }
+        let start_len = start.size()[1] as usize;
+        searches.push((search, start_len));
+    }
+    let expand = Tensor::from_slice(&expand).to_device(device);
+    step.select_rows(&expand);
+    let feed = Tensor::cat(&feeds, 0);
+    let logits = step.step(&feed);
+    let mut offset = 0;
+    let mut out = Vec::with_capacity(searches.len());
+    for ((mut search, start_len), (request, _)) in searches.into_iter().zip(joiners) {
+        let rows = search.rows();
+        let stop: Option<StopCheck<'_>> =
+            request.stop.as_deref().map(|f| f as &dyn Fn(&[i64]) -> bool);
+        let advance = search.advance(logits.narrow(0, offset, rows), stop);
+        offset += rows;
+        out.push((search, advance, start_len));
+    }
+    *fresh = Some(step);
+    out
+}
+
+impl Group {
+    /// Takes a step's outcome: streams its tokens, and returns the batch rows it keeps (its
+    /// reorder shifted to where its rows sit in the batch), or None when it is finished.
+    fn take(&mut self, advance: crate::generation::search::Advance, offset: i64) -> Option<Tensor> {
+        if let Some(tokens) = &self.request.tokens {
+            for (_, token) in advance.emitted.iter().filter(|(row, _)| *row == 0) {
+                let _ = tokens.send(*token);
+                self.streamed = true;
+            }
+        }
+        let feed = advance.feed?;
+        let rows = self.search.rows();
+        let device = feed.device();
+        let kept = match advance.reorder {
+            Some(reorder) => reorder + offset,
+            None => Tensor::arange_start(offset, offset + rows, (Kind::Int64, device)),
+        };
+        self.feed = feed;
+        Some(kept)
+    }
+
+    /// Sends the finished sequences to the caller.
+    fn finish(self) {
+        let computed = self.joined.elapsed();
+        let queued = self.joined.saturating_duration_since(self.enqueued);
+        let start_len = self.start_len;
+        let sequences = self.search.finish().sequences.to_device(Device::Cpu);
+        let reply = match Vec::<Vec<i64>>::try_from(sequences) {
+            Ok(rows) => Ok(Generated {
+                sequences: rows.into_iter().map(|row| row[start_len..].to_vec()).collect(),
+                queued,
+                computed,
+            }),
+            Err(e) => Err(BatchError::Model(e.to_string())),
+        };
+        let _ = self.request.reply.send(reply);
+    }
+}
