@@ -16,7 +16,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 }
 
 fn generate_grpc_code() -> Result<(), Box<dyn std::error::Error>> {
-    let protos = ["proto/lote/v1/worker.proto"];
+    let protos = [
+        "proto/lote/v1/worker.proto",
+        "proto/lote/v1/inference.proto",
+        "proto/lote/v1/models.proto",
+    ];
     for proto in protos {
         println!("cargo:rerun-if-changed={proto}");
     }

@@ -39,6 +39,8 @@ enum Command {
     Config,
     /// Answer every line of a JSONL file with one model, offline.
     Run(RunArgs),
+    /// Call a running worker once and print its answer as JSON.
+    Infer(crate::client::InferArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -82,6 +84,8 @@ enum CliError {
     Usage,
     #[error("cannot start the async runtime: {0}")]
     Runtime(std::io::Error),
+    #[error(transparent)]
+    Infer(#[from] crate::client::InferError),
 }
 
 impl CliError {
@@ -89,6 +93,10 @@ impl CliError {
         match self {
             CliError::Settings(_) | CliError::Start(_) | CliError::Usage => ExitCode::from(2),
             CliError::Run(_) => ExitCode::from(2),
+            // A model that cannot load is a settings fault found at start.
+            CliError::Serve(crate::server::ServeError::Load(_)) => ExitCode::from(2),
+            CliError::Infer(crate::client::InferError::Usage(_)) => ExitCode::from(2),
+            CliError::Infer(_) => ExitCode::from(1),
             CliError::Serve(_) | CliError::Runtime(_) | CliError::LinesFailed { .. } => {
                 ExitCode::from(1)
             }
@@ -132,6 +140,13 @@ fn execute(cli: Cli) -> Result<(), CliError> {
     match command {
         Command::Serve => serve(loader.load()?),
         Command::Run(args) => run_file(loader.load()?, &args),
+        Command::Infer(args) => {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(CliError::Runtime)?;
+            Ok(runtime.block_on(crate::client::infer(&args))?)
+        }
         Command::Config => {
             let settings = loader.load()?;
             print!("{}", toml::to_string_pretty(&settings).expect("settings serialize to TOML"));

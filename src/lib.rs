@@ -6,6 +6,7 @@
 //! start the real server in-process with [`run`] or [`Server::bind`] on port 0.
 
 pub mod cli;
+pub mod client;
 pub mod device;
 pub mod engine;
 pub mod generation;

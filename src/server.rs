@@ -15,10 +15,26 @@ use tonic::codec::CompressionEncoding;
 use tonic_health::{ServingStatus, server::HealthReporter};
 use tracing::{info, warn};
 
+use std::sync::Arc;
+
+use tonic::transport::{Certificate, Identity, ServerTlsConfig};
+
 use crate::{
     device::{DeviceError, Placement, libtorch_version},
-    grpc::{WorkerService, pb, pb::worker_server::WorkerServer},
-    settings::Settings,
+    engine::{
+        cpu_pool::CpuPool,
+        policy::Policy,
+        registry::{LoadError, Registry, health_name},
+    },
+    grpc::{
+        InferenceService, ModelsService, WorkerService, pb,
+        pb::{
+            inference_server::InferenceServer, models_server::ModelsServer,
+            worker_server::WorkerServer,
+        },
+        status::rewrite_transport_status,
+    },
+    settings::{Settings, TlsSettings},
 };
 
 /// Why the server could not start.
@@ -30,6 +46,8 @@ pub enum StartError {
     AddrInUse { what: &'static str, addr: SocketAddr },
     #[error("cannot listen for {what} on {addr}: {source}")]
     Bind { what: &'static str, addr: SocketAddr, source: io::Error },
+    #[error("server.tls: cannot read {what} {}: {source}", path.display())]
+    TlsFile { what: &'static str, path: std::path::PathBuf, source: io::Error },
 }
 
 /// Why a running server failed.
@@ -39,6 +57,8 @@ pub enum ServeError {
     Grpc(#[from] tonic::transport::Error),
     #[error("gRPC reflection could not be built: {0}")]
     Reflection(#[from] tonic_reflection::server::Error),
+    #[error(transparent)]
+    Load(#[from] Box<LoadError>),
 }
 
 /// Everything `lote::run` can fail with.
@@ -56,6 +76,7 @@ pub struct Server {
     placement: Placement,
     grpc: TcpListener,
     metrics: Option<TcpListener>,
+    tls: Option<ServerTlsConfig>,
 }
 
 /// Binds and serves until `shutdown` resolves and in-flight calls have finished.
@@ -70,12 +91,13 @@ pub async fn run(
 impl Server {
     pub async fn bind(settings: Settings) -> Result<Self, StartError> {
         let placement = Placement::resolve(&settings.device)?;
+        let tls = tls_config(&settings.server.tls)?;
         let grpc = listen("gRPC", settings.server.grpc_addr).await?;
         let metrics = match settings.server.metrics_addr {
             Some(addr) => Some(listen("metrics", addr).await?),
             None => None,
         };
-        Ok(Self { settings, placement, grpc, metrics })
+        Ok(Self { settings, placement, grpc, metrics, tls })
     }
 
     /// The address gRPC listens on (the real port when the settings asked for port 0).
@@ -96,7 +118,18 @@ impl Server {
         let server = &self.settings.server;
         let limits = &server.limits;
         let (reporter, health) = tonic_health::server::health_reporter();
-        set_health(&reporter, ServingStatus::Serving).await;
+        // Serving once every model is ready; the model-less services answer from the start.
+        let ready = if self.settings.models.is_empty() {
+            ServingStatus::Serving
+        } else {
+            ServingStatus::NotServing
+        };
+        set_health(&reporter, ready).await;
+        reporter.set_service_status(inference_service_name(), ready).await;
+        reporter.set_service_status(models_service_name(), ServingStatus::Serving).await;
+        for model in &self.settings.models {
+            reporter.set_service_status(health_name(&model.name), ServingStatus::NotServing).await;
+        }
 
         let reflection = || {
             tonic_reflection::server::Builder::configure()
@@ -108,6 +141,34 @@ impl Server {
             .max_encoding_message_size(limits.max_message_bytes)
             .accept_compressed(CompressionEncoding::Gzip)
             .send_compressed(CompressionEncoding::Gzip);
+        let registry = Arc::new(Registry::new(&self.settings.models, self.placement));
+        let pool = CpuPool::for_this_machine();
+        let inference = InferenceServer::new(InferenceService::new(
+            registry.clone(),
+            limits.clone(),
+            pool.clone(),
+        ))
+        .max_decoding_message_size(limits.max_message_bytes)
+        .max_encoding_message_size(limits.max_message_bytes)
+        .accept_compressed(CompressionEncoding::Gzip)
+        .send_compressed(CompressionEncoding::Gzip);
+        let models = ModelsServer::new(ModelsService::new(registry.clone()))
+            .max_decoding_message_size(limits.max_message_bytes)
+            .max_encoding_message_size(limits.max_message_bytes)
+            .accept_compressed(CompressionEncoding::Gzip)
+            .send_compressed(CompressionEncoding::Gzip);
+        // Models load in the background: health says which are ready; a failure stops the server.
+        let loading = {
+            let (registry, reporter) = (registry.clone(), reporter.clone());
+            let policy = Policy::from_settings(&self.settings.batching);
+            let max_input_tokens = limits.max_input_tokens;
+            tokio::spawn(async move {
+                registry.load_all(policy, &pool, max_input_tokens, &reporter).await?;
+                set_health(&reporter, ServingStatus::Serving).await;
+                reporter.set_service_status(inference_service_name(), ServingStatus::Serving).await;
+                Ok::<(), LoadError>(())
+            })
+        };
 
         // `stopping` turns true once the drain is over and the server stops accepting calls.
         let (stopping_tx, mut stopping) = watch::channel(false);
@@ -118,10 +179,20 @@ impl Server {
             }))
         });
         let drain_delay = server.drain_delay;
+        let shutdown_models: Vec<String> =
+            self.settings.models.iter().map(|m| m.name.clone()).collect();
+        let reporter_for_trigger = reporter.clone();
         let trigger = async move {
+            let reporter = reporter_for_trigger;
             shutdown.await;
             info!(?drain_delay, "shutdown requested: health is NOT_SERVING");
             set_health(&reporter, ServingStatus::NotServing).await;
+            for name in [inference_service_name(), models_service_name()] {
+                reporter.set_service_status(name, ServingStatus::NotServing).await;
+            }
+            for name in shutdown_models {
+                reporter.set_service_status(health_name(&name), ServingStatus::NotServing).await;
+            }
             tokio::time::sleep(drain_delay).await;
             info!("no longer accepting calls; waiting for in-flight calls");
             let _ = stopping_tx.send(true);
@@ -147,16 +218,36 @@ impl Server {
             "serving"
         );
 
-        let serving = tonic::transport::Server::builder()
+        let mut builder = tonic::transport::Server::builder();
+        if let Some(tls) = self.tls {
+            builder = builder.tls_config(tls)?;
+        }
+        let serving = builder
             .max_concurrent_streams(Some(limits.max_concurrent_streams))
+            .layer(tower::util::MapResponseLayer::new(rewrite_transport_status(
+                limits.max_message_bytes,
+            )))
             .add_service(health)
             .add_service(reflection().build_v1()?)
             .add_service(reflection().build_v1alpha()?)
             .add_service(worker)
+            .add_service(inference)
+            .add_service(models)
             .serve_with_incoming_shutdown(TcpListenerStream::new(self.grpc), trigger);
         tokio::pin!(serving);
+        let loaded = async move {
+            match loading.await {
+                Ok(Ok(())) => std::future::pending().await,
+                Ok(Err(error)) => error,
+                Err(join) => panic!("model loading panicked: {join}"),
+            }
+        };
         let result = tokio::select! {
             result = &mut serving => result,
+            error = loaded => {
+                warn!(%error, "a model could not load; stopping");
+                return Err(ServeError::Load(Box::new(error)));
+            }
             _ = async { stopping.wait_for(|stop| *stop).await.is_ok() } => {
                 finish_in_flight(serving, server.shutdown_timeout).await
             }
@@ -191,6 +282,33 @@ async fn set_health(reporter: &HealthReporter, status: ServingStatus) {
 
 fn worker_service_name() -> &'static str {
     <WorkerServer<WorkerService> as tonic::server::NamedService>::NAME
+}
+
+fn inference_service_name() -> &'static str {
+    <InferenceServer<InferenceService> as tonic::server::NamedService>::NAME
+}
+
+fn models_service_name() -> &'static str {
+    <ModelsServer<ModelsService> as tonic::server::NamedService>::NAME
+}
+
+/// TLS from the settings: none, server TLS, or mutual TLS when a client CA is given.
+fn tls_config(tls: &TlsSettings) -> Result<Option<ServerTlsConfig>, StartError> {
+    let Some(cert) = &tls.cert else { return Ok(None) };
+    let read = |what: &'static str, path: &std::path::Path| {
+        std::fs::read(path).map_err(|source| StartError::TlsFile {
+            what,
+            path: path.into(),
+            source,
+        })
+    };
+    let key = tls.key.as_deref().expect("settings validation pairs cert with key");
+    let mut config =
+        ServerTlsConfig::new().identity(Identity::from_pem(read("cert", cert)?, read("key", key)?));
+    if let Some(ca) = &tls.client_ca {
+        config = config.client_ca_root(Certificate::from_pem(read("client_ca", ca)?));
+    }
+    Ok(Some(config))
 }
 
 async fn listen(what: &'static str, addr: SocketAddr) -> Result<TcpListener, StartError> {

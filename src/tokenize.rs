@@ -272,6 +272,16 @@ impl TextTokenizer {
         self.inner.token_to_id(token)
     }
 
+    /// Every token of `text`, untruncated, with or without the model's special tokens (the
+    /// Tokenize call: what the model would see before any limit applies).
+    pub fn tokenize(&self, text: &str, add_special_tokens: bool) -> Result<Encoded, TokenizeError> {
+        let encoding = self
+            .inner
+            .encode_char_offsets(text, add_special_tokens)
+            .map_err(|e| TokenizeError::Failed(e.to_string()))?;
+        Ok(Encoded::from_encoding(&encoding, encoding.len()))
+    }
+
     /// Encodes `text` without special tokens (fill-mask targets).
     pub fn encode_plain(&self, text: &str) -> Result<Vec<u32>, TokenizeError> {
         let encoding =

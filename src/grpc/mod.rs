@@ -1,8 +1,13 @@
 //! The gRPC surface: code generated from proto/ (build.rs writes it to OUT_DIR) and the service
-//! implementations, each in its own module.
+//! implementations, each in its own module; [`status`] is the one place errors become statuses.
 
+mod inference;
+mod models;
+pub mod status;
 mod worker;
 
+pub use inference::InferenceService;
+pub use models::ModelsService;
 pub use worker::WorkerService;
 
 /// Messages and service stubs of package `lote.v1`.

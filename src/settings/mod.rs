@@ -99,6 +99,24 @@ pub struct ServerSettings {
     #[serde(with = "humantime_serde")]
     pub shutdown_timeout: Duration,
     pub limits: LimitSettings,
+    pub tls: TlsSettings,
+}
+
+/// TLS for gRPC, off unless `cert` is set. With `client_ca`, clients must present a certificate
+/// signed by it (mutual TLS).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsSettings {
+    /// PEM certificate chain of this server. Unset: plaintext (h2c).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cert: Option<PathBuf>,
+    /// PEM private key of `cert`. Required with `cert`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key: Option<PathBuf>,
+    /// PEM CA certificate that client certificates must chain to. Unset: no client certificate
+    /// is asked for.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client_ca: Option<PathBuf>,
 }
 
 /// Explicit bounds on what one call may ask for.
@@ -241,6 +259,7 @@ impl Default for ServerSettings {
             drain_delay: Duration::ZERO,
             shutdown_timeout: Duration::from_secs(30),
             limits: LimitSettings::default(),
+            tls: TlsSettings::default(),
         }
     }
 }
@@ -311,6 +330,13 @@ impl Settings {
             if value == 0 {
                 return bad(key, "must be greater than 0".into());
             }
+        }
+        let tls = &self.server.tls;
+        if tls.cert.is_some() != tls.key.is_some() {
+            return bad("server.tls", "cert and key must be set together".into());
+        }
+        if tls.client_ca.is_some() && tls.cert.is_none() {
+            return bad("server.tls.client_ca", "mutual TLS needs server.tls.cert and key".into());
         }
         if !(0.0..=1.0).contains(&self.batching.bulk_share) {
             return bad(
