@@ -169,6 +169,8 @@ fn bad_value_in_file_names_key_and_file() {
         ("[store]\nurl = \"mysql://x\"\n", "store.url"),
         ("[[models]]\nname = \"m\"\ntask = \"translation\"\npath = \"/m\"\n", "models.0.task"),
         ("[[models]]\nname = \"m\"\ntask = \"fill-mask\"\n", "models.0.path"),
+        ("[server.tls]\ncert = \"/c.pem\"\n", "server.tls"),
+        ("[server.tls]\nclient_ca = \"/ca.pem\"\n", "server.tls.client_ca"),
     ] {
         let path = write_file(dir.path(), "bad.toml", text);
         let error = SettingsLoader::new().file(&path).env(no_env()).load().unwrap_err();
@@ -271,4 +273,20 @@ fn config_command_prints_effective_settings_as_toml() {
     let printed: lote::Settings = toml::from_str(&stdout).expect("prints valid settings TOML");
     assert_eq!(printed.batching.max_batch_size, 12);
     assert_eq!(printed.server.grpc_addr.to_string(), "127.0.0.1:50051");
+}
+
+#[test]
+fn a_tls_file_that_cannot_be_read_stops_the_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("server.pem");
+    let cert = missing.to_str().unwrap();
+    let (code, _, stderr) = run_lote(
+        &["serve"],
+        &[("LOTE__SERVER__TLS__CERT", cert), ("LOTE__SERVER__TLS__KEY", cert)],
+    );
+    assert_eq!(code, 2, "{stderr}");
+    assert!(
+        stderr.starts_with(&format!("lote: error: server.tls: cannot read cert {cert}: ")),
+        "{stderr}"
+    );
 }

@@ -626,3 +626,153 @@ impl Group {
         let _ = self.request.reply.send(reply);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use super::*;
+    use crate::generation::{PadSide, RowState, append_padded};
+
+    /// A decoder that always prefers the token after the last one fed (mod 50), and logs the
+    /// rows of every step it runs.
+    struct Counter {
+        steps: Arc<Mutex<Vec<i64>>>,
+    }
+
+    struct CounterStep {
+        steps: Arc<Mutex<Vec<i64>>>,
+        /// Per-row state, so selecting and appending rows are checked too: each row's origin.
+        origin: Tensor,
+    }
+
+    impl StepModel for Counter {
+        fn is_encoder_decoder(&self) -> bool {
+            false
+        }
+
+        fn start<'a>(&'a self, ids: &Tensor, _mask: &Tensor) -> Box<dyn DecoderStep + 'a> {
+            let origin = ids.narrow(1, ids.size()[1] - 1, 1).copy();
+            Box::new(CounterStep { steps: self.steps.clone(), origin })
+        }
+
+        fn device(&self) -> Device {
+            Device::Cpu
+        }
+    }
+
+    impl DecoderStep for CounterStep {
+        fn step(&mut self, tokens: &Tensor) -> Tensor {
+            let (rows, n) = tokens.size2().unwrap();
+            assert_eq!(rows, self.origin.size()[0], "the state follows the rows");
+            self.steps.lock().unwrap().push(rows);
+            let next = (tokens.select(1, n - 1) + 1).remainder(50);
+            next.one_hot(50).to_kind(Kind::Float) * 10.0
+        }
+
+        fn select_rows(&mut self, rows: &Tensor) {
+            self.origin = self.origin.index_select(0, rows);
+        }
+
+        fn into_rows(self: Box<Self>) -> RowState {
+            RowState { parts: vec![(self.origin, 1, PadSide::Start)] }
+        }
+
+        fn append_rows(&mut self, other: RowState) {
+            let (origin, dim, side) = other.parts.into_iter().next().unwrap();
+            self.origin = append_padded(&self.origin, &origin, dim, side);
+        }
+    }
+
+    fn policy() -> Policy {
+        Policy {
+            max_batch_tokens: 10_000,
+            max_batch_size: 8,
+            max_batch_delay: Duration::ZERO,
+            max_queued: 8,
+            bulk_share: 0.2,
+        }
+    }
+
+    fn request(
+        prompt: u32,
+        new: usize,
+    ) -> (GenerationRequest, oneshot::Receiver<Result<Generated, BatchError>>) {
+        let (reply, answer) = oneshot::channel();
+        let request = GenerationRequest {
+            prompt: vec![prompt],
+            config: GenerateConfig::default(),
+            max_length: 1 + new,
+            stop: None,
+            lane: Lane::Interactive,
+            deadline: None,
+            tokens: None,
+            reply,
+        };
+        (request, answer)
+    }
+
+    #[tokio::test]
+    async fn a_request_joins_a_running_batch_and_each_leaves_when_done() {
+        let steps = Arc::new(Mutex::new(Vec::new()));
+        let scheduler = Scheduler::start("counter", Counter { steps: steps.clone() }, policy());
+        let (mut long, long_answer) = request(1, 12);
+        let (tokens, mut streamed) = tokio_mpsc::unbounded_channel();
+        long.tokens = Some(tokens);
+        scheduler.submit(long).unwrap();
+        // Once the long one is running, a short one arrives.
+        assert_eq!(streamed.recv().await, Some(2));
+        assert_eq!(streamed.recv().await, Some(3));
+        let (short, short_answer) = request(20, 3);
+        scheduler.submit(short).unwrap();
+        let short = short_answer.await.unwrap().unwrap();
+        assert_eq!(short.sequences, vec![vec![21, 22, 23]]);
+        let long = long_answer.await.unwrap().unwrap();
+        assert_eq!(long.sequences, vec![(2..=13).collect::<Vec<i64>>()]);
+
+        let steps = steps.lock().unwrap().clone();
+        let together = steps.iter().filter(|&&rows| rows == 2).count();
+        assert_eq!(together, 2, "the short one decoded twice beside the long one: {steps:?}");
+        let last_joint = steps.iter().rposition(|&rows| rows == 2).unwrap();
+        assert!(steps[last_joint + 1..].iter().all(|&rows| rows == 1), "it left: {steps:?}");
+        assert_eq!(steps.len(), 12 + 1, "12 steps for the long one, one prefill for the short");
+    }
+
+    #[tokio::test]
+    async fn a_caller_that_leaves_frees_its_rows_at_the_next_step() {
+        let steps = Arc::new(Mutex::new(Vec::new()));
+        let scheduler = Scheduler::start("counter", Counter { steps: steps.clone() }, policy());
+        let (mut gone, gone_answer) = request(1, 40);
+        let (tokens, mut streamed) = tokio_mpsc::unbounded_channel();
+        gone.tokens = Some(tokens);
+        scheduler.submit(gone).unwrap();
+        assert_eq!(streamed.recv().await, Some(2));
+        drop((streamed, gone_answer));
+        let (after, answer) = request(30, 2);
+        scheduler.submit(after).unwrap();
+        assert_eq!(answer.await.unwrap().unwrap().sequences, vec![vec![31, 32]]);
+        let steps = steps.lock().unwrap().clone();
+        assert!(steps.len() < 40, "the abandoned generation stopped early: {steps:?}");
+    }
+
+    #[tokio::test]
+    async fn past_the_bound_requests_are_refused_at_once() {
+        let steps = Arc::new(Mutex::new(Vec::new()));
+        let policy = Policy { max_queued: 2, max_batch_size: 1, ..policy() };
+        let scheduler = Scheduler::start("counter", Counter { steps }, policy);
+        let answers: Vec<_> = (0..8)
+            .map(|i| {
+                let (request, answer) = request(i, 500);
+                scheduler.submit(request).unwrap();
+                answer
+            })
+            .collect();
+        let mut refused = 0;
+        for answer in answers {
+            if let Err(BatchError::Overloaded { .. }) = answer.await.unwrap() {
+                refused += 1;
+            }
+        }
+        assert!(refused >= 4, "at most one running and two queued: {refused} refused");
+    }
+}
