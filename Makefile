@@ -25,7 +25,9 @@ release: setup
 
 ## Serve with the single-node defaults: gRPC health on 127.0.0.1:50051.
 run: release
-	$(CARGO) run --release -- --config $(CONFIG) serve
+	@mkdir -p target
+	scripts/run-config > target/lote-run.toml
+	$(CARGO) run --release -- --config target/lote-run.toml serve
 
 ## Tiny random models and transformers' reference outputs for the parity tests (seeded,
 ## byte-identical on every run), plus the real all-MiniLM-L6-v2 reference embeddings.

@@ -438,6 +438,8 @@ impl<'m, M: StepModel> Worker<'m, M> {
         let feed =
             Tensor::cat(&self.groups.iter().map(|g| g.feed.shallow_clone()).collect::<Vec<_>>(), 0);
         let Some(step) = self.step.as_mut() else { return };
+        metrics::histogram!("lote_decode_rows", "model" => self.name.clone())
+            .record(feed.size()[0] as f64);
         let started = Instant::now();
         let result = guarded(|| step.step(&feed));
         metrics::histogram!("lote_stage_seconds", "model" => self.name.clone(), "stage" => "decode_step")
