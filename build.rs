@@ -20,6 +20,7 @@ fn generate_grpc_code() -> Result<(), Box<dyn std::error::Error>> {
         "proto/lote/v1/worker.proto",
         "proto/lote/v1/inference.proto",
         "proto/lote/v1/models.proto",
+        "proto/lote/v1/jobs.proto",
     ];
     for proto in protos {
         println!("cargo:rerun-if-changed={proto}");

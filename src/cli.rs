@@ -41,6 +41,16 @@ enum Command {
     Run(RunArgs),
     /// Call a running worker once and print its answer as JSON.
     Infer(crate::client::InferArgs),
+    /// Submit a JSONL file as a job; shows progress until it ends (or --detach).
+    Submit(crate::jobs_client::SubmitArgs),
+    /// A job's state and counts.
+    Status(crate::jobs_client::JobArgs),
+    /// A job's results as JSONL.
+    Results(crate::jobs_client::ResultsArgs),
+    /// Cancel a job: its pending documents are not computed.
+    Cancel(crate::jobs_client::JobArgs),
+    /// The jobs a worker's store holds, newest first.
+    Jobs(crate::jobs_client::ListArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -86,6 +96,8 @@ enum CliError {
     Runtime(std::io::Error),
     #[error(transparent)]
     Infer(#[from] crate::client::InferError),
+    #[error(transparent)]
+    Jobs(#[from] crate::jobs_client::JobsCliError),
 }
 
 impl CliError {
@@ -97,6 +109,8 @@ impl CliError {
             CliError::Serve(crate::server::ServeError::Load(_)) => ExitCode::from(2),
             CliError::Infer(crate::client::InferError::Usage(_)) => ExitCode::from(2),
             CliError::Infer(_) => ExitCode::from(1),
+            CliError::Jobs(crate::jobs_client::JobsCliError::Usage(_)) => ExitCode::from(2),
+            CliError::Jobs(_) => ExitCode::from(1),
             CliError::Serve(_) | CliError::Runtime(_) | CliError::LinesFailed { .. } => {
                 ExitCode::from(1)
             }
@@ -140,19 +154,25 @@ fn execute(cli: Cli) -> Result<(), CliError> {
     match command {
         Command::Serve => serve(loader.load()?),
         Command::Run(args) => run_file(loader.load()?, &args),
-        Command::Infer(args) => {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .map_err(CliError::Runtime)?;
-            Ok(runtime.block_on(crate::client::infer(&args))?)
+        Command::Infer(args) => Ok(client_runtime()?.block_on(crate::client::infer(&args))?),
+        Command::Submit(args) => Ok(client_runtime()?.block_on(crate::jobs_client::submit(&args))?),
+        Command::Status(args) => Ok(client_runtime()?.block_on(crate::jobs_client::status(&args))?),
+        Command::Results(args) => {
+            Ok(client_runtime()?.block_on(crate::jobs_client::results(&args))?)
         }
+        Command::Cancel(args) => Ok(client_runtime()?.block_on(crate::jobs_client::cancel(&args))?),
+        Command::Jobs(args) => Ok(client_runtime()?.block_on(crate::jobs_client::list(&args))?),
         Command::Config => {
             let settings = loader.load()?;
             print!("{}", toml::to_string_pretty(&settings).expect("settings serialize to TOML"));
             Ok(())
         }
     }
+}
+
+/// A small runtime for the client commands.
+fn client_runtime() -> Result<tokio::runtime::Runtime, CliError> {
+    tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(CliError::Runtime)
 }
 
 fn serve(settings: Settings) -> Result<(), CliError> {

@@ -11,6 +11,8 @@ pub mod device;
 pub mod engine;
 pub mod generation;
 pub mod grpc;
+pub mod jobs;
+pub mod jobs_client;
 pub mod metrics;
 pub mod models;
 pub mod run;

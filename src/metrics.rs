@@ -26,9 +26,8 @@ pub fn handle() -> PrometheusHandle {
 /// Histogram buckets (Prometheus histograms, so percentiles aggregate across workers):
 /// latencies, batch sizes and rows, tokens per batch, padding shares.
 fn buckets(builder: PrometheusBuilder) -> PrometheusBuilder {
-    let seconds = [
-        0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
-    ];
+    let seconds =
+        [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0];
     let sizes = [1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0];
     let tokens = [64.0, 256.0, 1024.0, 4096.0, 16384.0, 65536.0];
     let shares = [0.01, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75];

@@ -273,7 +273,7 @@ impl Runner {
 /// Generation output fields: `summary_text` (a string, or a list when several sequences are
 /// returned) or `generated_text` (always a list), with `output_tokens` and `finish_reason` of
 /// the same shape, `input_tokens` and `truncated`.
-fn generation_fields(
+pub fn generation_fields(
     task: Task,
     generation: &Generation,
     input_tokens: usize,

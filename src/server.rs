@@ -19,6 +19,8 @@ use std::sync::Arc;
 
 use tonic::transport::{Certificate, Identity, ServerTlsConfig};
 
+use crate::jobs::store::JobStore;
+
 use crate::{
     device::{DeviceError, Placement, libtorch_version},
     engine::{
@@ -27,7 +29,8 @@ use crate::{
         registry::{LoadError, Registry, health_name},
     },
     grpc::{
-        InferenceService, ModelsService, WorkerService, pb,
+        InferenceService, JobsService, ModelsService, WorkerService, pb,
+        pb::jobs_server::JobsServer,
         pb::{
             inference_server::InferenceServer, models_server::ModelsServer,
             worker_server::WorkerServer,
@@ -48,6 +51,8 @@ pub enum StartError {
     Bind { what: &'static str, addr: SocketAddr, source: io::Error },
     #[error("server.tls: cannot read {what} {}: {source}", path.display())]
     TlsFile { what: &'static str, path: std::path::PathBuf, source: io::Error },
+    #[error("store.url: {0}")]
+    Store(#[from] crate::jobs::store::StoreError),
 }
 
 /// Why a running server failed.
@@ -77,6 +82,7 @@ pub struct Server {
     grpc: TcpListener,
     metrics: Option<TcpListener>,
     tls: Option<ServerTlsConfig>,
+    store: JobStore,
 }
 
 /// Binds and serves until `shutdown` resolves and in-flight calls have finished.
@@ -92,12 +98,13 @@ impl Server {
     pub async fn bind(settings: Settings) -> Result<Self, StartError> {
         let placement = Placement::resolve(&settings.device)?;
         let tls = tls_config(&settings.server.tls)?;
+        let store = JobStore::connect(&settings.store.url).await?;
         let grpc = listen("gRPC", settings.server.grpc_addr).await?;
         let metrics = match settings.server.metrics_addr {
             Some(addr) => Some(listen("metrics", addr).await?),
             None => None,
         };
-        Ok(Self { settings, placement, grpc, metrics, tls })
+        Ok(Self { settings, placement, grpc, metrics, tls, store })
     }
 
     /// The address gRPC listens on (the real port when the settings asked for port 0).
@@ -157,21 +164,30 @@ impl Server {
             .max_encoding_message_size(limits.max_message_bytes)
             .accept_compressed(CompressionEncoding::Gzip)
             .send_compressed(CompressionEncoding::Gzip);
-        // Models load in the background: health says which are ready; a failure stops the server.
+        let (jobs, consumers) =
+            crate::jobs::runtime::prepare(&self.settings, self.store.clone(), registry.clone());
+        let jobs = JobsServer::new(JobsService::new(jobs, limits.max_documents_per_job))
+            .max_decoding_message_size(limits.max_message_bytes)
+            .max_encoding_message_size(limits.max_message_bytes)
+            .accept_compressed(CompressionEncoding::Gzip)
+            .send_compressed(CompressionEncoding::Gzip);
+
+        // `stopping` turns true once the drain is over and the server stops accepting calls.
+        let (stopping_tx, mut stopping) = watch::channel(false);
+        // Models load in the background: health says which are ready; a failure stops the
+        // server. Job documents are consumed once every model is ready.
         let loading = {
             let (registry, reporter) = (registry.clone(), reporter.clone());
             let policy = Policy::from_settings(&self.settings.batching);
             let max_input_tokens = limits.max_input_tokens;
+            let stop_consuming = stopping.clone();
             tokio::spawn(async move {
                 registry.load_all(policy, &pool, max_input_tokens, &reporter).await?;
                 set_health(&reporter, ServingStatus::Serving).await;
                 reporter.set_service_status(inference_service_name(), ServingStatus::Serving).await;
-                Ok::<(), LoadError>(())
+                Ok::<_, LoadError>(tokio::spawn(consumers.run(stop_consuming)))
             })
         };
-
-        // `stopping` turns true once the drain is over and the server stops accepting calls.
-        let (stopping_tx, mut stopping) = watch::channel(false);
         let metrics_task = self.metrics.map(|listener| {
             let mut stopping = stopping.clone();
             tokio::spawn(crate::metrics::serve(listener, async move {
@@ -233,13 +249,21 @@ impl Server {
             .add_service(worker)
             .add_service(inference)
             .add_service(models)
+            .add_service(jobs)
             .serve_with_incoming_shutdown(TcpListenerStream::new(self.grpc), trigger);
         tokio::pin!(serving);
-        let loaded = async move {
-            match loading.await {
-                Ok(Ok(())) => std::future::pending().await,
-                Ok(Err(error)) => error,
-                Err(join) => panic!("model loading panicked: {join}"),
+        let consuming = Arc::new(tokio::sync::Mutex::new(None));
+        let loaded = {
+            let consuming = consuming.clone();
+            async move {
+                match loading.await {
+                    Ok(Ok(consumers)) => {
+                        *consuming.lock().await = Some(consumers);
+                        std::future::pending().await
+                    }
+                    Ok(Err(error)) => error,
+                    Err(join) => panic!("model loading panicked: {join}"),
+                }
             }
         };
         let result = tokio::select! {
@@ -252,6 +276,14 @@ impl Server {
                 finish_in_flight(serving, server.shutdown_timeout).await
             }
         };
+        // Job documents in flight finish (and are acknowledged) before the worker exits.
+        if let Some(consumers) = consuming.lock().await.take()
+            && tokio::time::timeout(server.shutdown_timeout, consumers).await.is_err()
+        {
+            warn!(
+                "job documents still in flight after the shutdown timeout; they will be redelivered"
+            );
+        }
         if let Some(task) = metrics_task {
             let _ = task.await;
         }

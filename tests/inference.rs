@@ -562,15 +562,13 @@ async fn lote_infer_prints_the_answer_as_json() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_model_still_loading_answers_unavailable() {
-    let placement = lote::device::Placement {
-        device: tch::Device::Cpu,
-        dtype: lote::settings::Dtype::Fp32,
-    };
+    let placement =
+        lote::device::Placement { device: tch::Device::Cpu, dtype: lote::settings::Dtype::Fp32 };
     let models = vec![model("embed", Task::FeatureExtraction, "bert-embed-mean")];
     let registry = lote::engine::registry::Registry::new(&models, placement);
     let error = registry.get("embed").err().expect("not loaded yet");
     let status = tonic::Status::from(error);
     assert_eq!(status.code(), Code::Unavailable);
     assert_eq!(status.message(), "model `embed` is still loading");
-    assert_eq!(registry.info()[0].ready, false);
+    assert!(!registry.info()[0].ready);
 }

@@ -31,6 +31,8 @@ pub struct EncoderService {
     bulk_in_flight: usize,
     /// Most tokens one input may have; None for no limit (`lote run`).
     max_input_tokens: Option<usize>,
+    /// A row that must run alone claims the whole token budget.
+    budget: usize,
 }
 
 impl EncoderService {
@@ -50,6 +52,7 @@ impl EncoderService {
             pool,
             bulk_in_flight: (policy.max_queued / 2).max(1),
             max_input_tokens,
+            budget: policy.max_batch_tokens,
         }
     }
 
@@ -64,6 +67,25 @@ impl EncoderService {
         items: Vec<(TaskInput, TaskParams)>,
         lane: Lane,
         deadline: Option<tokio::time::Instant>,
+    ) -> Result<Answered<TaskResult>, EngineError> {
+        self.answer_with(items, lane, deadline, false).await
+    }
+
+    /// Like [`EncoderService::answer`] in the bulk lane, each row in a batch of its own: a
+    /// redelivered job document that may have crashed the model cannot take others with it.
+    pub async fn answer_alone(
+        &self,
+        items: Vec<(TaskInput, TaskParams)>,
+    ) -> Result<Answered<TaskResult>, EngineError> {
+        self.answer_with(items, Lane::Bulk, None, true).await
+    }
+
+    async fn answer_with(
+        &self,
+        items: Vec<(TaskInput, TaskParams)>,
+        lane: Lane,
+        deadline: Option<tokio::time::Instant>,
+        alone: bool,
     ) -> Result<Answered<TaskResult>, EngineError> {
         let items = Arc::new(items);
         let started = Instant::now();
@@ -88,7 +110,8 @@ impl EncoderService {
         let mut requests = requests.into_iter().peekable();
         while requests.peek().is_some() {
             let calls = requests.by_ref().take(chunk).map(|request| {
-                let tokens = request.ids.len();
+                let tokens =
+                    if alone { self.budget.max(request.ids.len()) } else { request.ids.len() };
                 self.batcher.infer(request, tokens, lane, deadline)
             });
             for answer in join_all(calls).await {

@@ -54,6 +54,15 @@ pub enum StreamEvent {
     Failed(EngineError),
 }
 
+/// How a generation enters the scheduler.
+#[derive(Debug, Clone, Copy)]
+struct Admit {
+    lane: Lane,
+    deadline: Option<tokio::time::Instant>,
+    /// With no other generation in its batch.
+    alone: bool,
+}
+
 /// One generation's outcome from the scheduler, with its times.
 struct Sequences {
     sequences: Vec<Vec<i64>>,
@@ -92,6 +101,25 @@ impl GenerationService {
         lane: Lane,
         deadline: Option<tokio::time::Instant>,
     ) -> Result<Answered<GenerationResult>, EngineError> {
+        self.generate_with(items, lane, deadline, false).await
+    }
+
+    /// Like [`GenerationService::generate`] in the bulk lane, each generation with no other in
+    /// its batch (a redelivered job document that may have crashed the model).
+    pub async fn generate_alone(
+        &self,
+        items: Vec<(TaskInput, GenerationParams)>,
+    ) -> Result<Answered<GenerationResult>, EngineError> {
+        self.generate_with(items, Lane::Bulk, None, true).await
+    }
+
+    async fn generate_with(
+        &self,
+        items: Vec<(TaskInput, GenerationParams)>,
+        lane: Lane,
+        deadline: Option<tokio::time::Instant>,
+        alone: bool,
+    ) -> Result<Answered<GenerationResult>, EngineError> {
         let started = Instant::now();
         let plans = {
             let (pipeline, items) = (self.pipeline.clone(), items.clone());
@@ -119,7 +147,7 @@ impl GenerationService {
         }
         let calls = plans.into_iter().zip(items).map(|(plan, (_, params))| async move {
             match plan {
-                Ok(plan) => self.run_plan(plan, params, lane, deadline).await,
+                Ok(plan) => self.run_plan(plan, params, Admit { lane, deadline, alone }).await,
                 Err(error) => Ok((Err(error), CallReport::default())),
             }
         });
@@ -147,8 +175,7 @@ impl GenerationService {
         &self,
         plan: Plan,
         params: GenerationParams,
-        lane: Lane,
-        deadline: Option<tokio::time::Instant>,
+        admit: Admit,
     ) -> Result<(Result<GenerationResult, TaskError>, CallReport), EngineError> {
         let mut report = CallReport::default();
         let (prompt, input_tokens, truncated) = match plan {
@@ -156,7 +183,7 @@ impl GenerationService {
             Plan::Chunks { prompts, input_tokens } => {
                 let chunks = prompts
                     .iter()
-                    .map(|prompt| self.generate_one(prompt.clone(), &params, lane, deadline, None));
+                    .map(|prompt| self.generate_one(prompt.clone(), &params, admit, None));
                 let mut summaries = Vec::new();
                 for (prompt, outcome) in prompts.iter().zip(try_join_all(chunks).await?) {
                     let sequences = match outcome {
@@ -178,11 +205,10 @@ impl GenerationService {
                 (prompt, input_tokens, false)
             }
         };
-        let sequences =
-            match self.generate_one(prompt.clone(), &params, lane, deadline, None).await? {
-                Ok(sequences) => sequences,
-                Err(error) => return Ok((Err(error), report)),
-            };
+        let sequences = match self.generate_one(prompt.clone(), &params, admit, None).await? {
+            Ok(sequences) => sequences,
+            Err(error) => return Ok((Err(error), report)),
+        };
         report.queue = report.queue.max(sequences.queued);
         report.inference += sequences.computed;
         let started = Instant::now();
@@ -211,10 +237,10 @@ impl GenerationService {
         &self,
         prompt: Vec<u32>,
         params: &GenerationParams,
-        lane: Lane,
-        deadline: Option<tokio::time::Instant>,
+        admit: Admit,
         tokens: Option<mpsc::UnboundedSender<i64>>,
     ) -> Result<Result<Sequences, TaskError>, EngineError> {
+        let Admit { lane, deadline, alone } = admit;
         let (config, max_length) = match self.pipeline.request_config(prompt.len(), params) {
             Ok(config) => config,
             Err(error) => return Ok(Err(error)),
@@ -228,6 +254,7 @@ impl GenerationService {
                 stop: self.pipeline.stop_check(params),
                 lane,
                 deadline: deadline.map(tokio::time::Instant::into_std),
+                alone,
                 tokens,
                 reply,
             })
@@ -288,7 +315,8 @@ impl GenerationService {
         let service = self.clone();
         tokio::spawn(async move {
             let ids = prompt.ids.clone();
-            let generation = service.generate_one(ids, &params, lane, deadline, Some(tokens_tx));
+            let admit = Admit { lane, deadline, alone: false };
+            let generation = service.generate_one(ids, &params, admit, Some(tokens_tx));
             tokio::pin!(generation);
             let tokenizer = service.pipeline.tokenizer.clone();
             let mut text =

@@ -67,6 +67,8 @@ pub struct GenerationRequest {
     pub stop: Option<StopFn>,
     pub lane: Lane,
     pub deadline: Option<Instant>,
+    /// Runs with no other generation beside it (a redelivered job document).
+    pub alone: bool,
     /// Each new token of the single sequence, as it is chosen (streaming).
     pub tokens: Option<tokio_mpsc::UnboundedSender<i64>>,
     pub reply: oneshot::Sender<Result<Generated, BatchError>>,
@@ -93,9 +95,10 @@ impl GenerationRequest {
         }
     }
 
-    /// Its share of the token budget: rows times the longest length it can reach.
-    fn cost(&self) -> usize {
-        self.rows() * (self.prompt.len() + self.max_length)
+    /// Its share of `budget`: rows times the longest length it can reach, or all of it when
+    /// it must run alone.
+    fn cost(&self, budget: usize) -> usize {
+        if self.alone { budget } else { self.rows() * (self.prompt.len() + self.max_length) }
     }
 
     fn abandoned(&self) -> bool {
@@ -220,7 +223,8 @@ impl<'m, M: StepModel> Worker<'m, M> {
     }
 
     fn cost(&self) -> usize {
-        self.groups.iter().map(|g| g.request.cost()).sum()
+        let budget = self.queue.token_budget();
+        self.groups.iter().map(|g| g.request.cost(budget)).sum()
     }
 
     /// Moves arrived requests into the queue, blocking while there is nothing to do (until the
@@ -263,7 +267,7 @@ impl<'m, M: StepModel> Worker<'m, M> {
         let now = Instant::now();
         let entry = Entry {
             lane: request.lane,
-            tokens: request.cost(),
+            tokens: request.cost(self.queue.token_budget()),
             rows: request.rows(),
             enqueued: now,
             deadline: request.deadline,
@@ -417,11 +421,12 @@ impl<'m, M: StepModel> Worker<'m, M> {
             }
             Err(failure) => {
                 drop(fresh);
+                let budget = self.queue.token_budget();
                 let requests: Vec<Entry<GenerationRequest>> = joiners
                     .into_iter()
                     .map(|(item, enqueued)| Entry {
                         lane: item.lane,
-                        tokens: item.cost(),
+                        tokens: item.cost(budget),
                         rows: item.rows(),
                         enqueued,
                         deadline: item.deadline,
@@ -448,11 +453,12 @@ impl<'m, M: StepModel> Worker<'m, M> {
             Ok(logits) => logits,
             Err(failure) => {
                 self.step = None;
+                let budget = self.queue.token_budget();
                 let requests = std::mem::take(&mut self.groups)
                     .into_iter()
                     .map(|g| Entry {
                         lane: g.request.lane,
-                        tokens: g.request.cost(),
+                        tokens: g.request.cost(budget),
                         rows: g.request.rows(),
                         enqueued: g.enqueued,
                         deadline: g.request.deadline,
@@ -640,10 +646,13 @@ mod tests {
     /// rows of every step it runs.
     struct Counter {
         steps: Arc<Mutex<Vec<i64>>>,
+        /// Time each step takes.
+        pause: Duration,
     }
 
     struct CounterStep {
         steps: Arc<Mutex<Vec<i64>>>,
+        pause: Duration,
         /// Per-row state, so selecting and appending rows are checked too: each row's origin.
         origin: Tensor,
     }
@@ -655,7 +664,7 @@ mod tests {
 
         fn start<'a>(&'a self, ids: &Tensor, _mask: &Tensor) -> Box<dyn DecoderStep + 'a> {
             let origin = ids.narrow(1, ids.size()[1] - 1, 1).copy();
-            Box::new(CounterStep { steps: self.steps.clone(), origin })
+            Box::new(CounterStep { steps: self.steps.clone(), pause: self.pause, origin })
         }
 
         fn device(&self) -> Device {
@@ -668,6 +677,7 @@ mod tests {
             let (rows, n) = tokens.size2().unwrap();
             assert_eq!(rows, self.origin.size()[0], "the state follows the rows");
             self.steps.lock().unwrap().push(rows);
+            std::thread::sleep(self.pause);
             let next = (tokens.select(1, n - 1) + 1).remainder(50);
             next.one_hot(50).to_kind(Kind::Float) * 10.0
         }
@@ -708,6 +718,7 @@ mod tests {
             stop: None,
             lane: Lane::Interactive,
             deadline: None,
+            alone: false,
             tokens: None,
             reply,
         };
@@ -717,34 +728,36 @@ mod tests {
     #[tokio::test]
     async fn a_request_joins_a_running_batch_and_each_leaves_when_done() {
         let steps = Arc::new(Mutex::new(Vec::new()));
-        let scheduler = Scheduler::start("counter", Counter { steps: steps.clone() }, policy());
-        let (mut long, long_answer) = request(1, 12);
+        let counter = Counter { steps: steps.clone(), pause: Duration::from_millis(1) };
+        let scheduler = Scheduler::start("counter", counter, policy());
+        // The long one runs 300 steps of a millisecond: the short one arrives well within.
+        let (mut long, long_answer) = request(1, 300);
         let (tokens, mut streamed) = tokio_mpsc::unbounded_channel();
         long.tokens = Some(tokens);
         scheduler.submit(long).unwrap();
-        // Once the long one is running, a short one arrives.
         assert_eq!(streamed.recv().await, Some(2));
-        assert_eq!(streamed.recv().await, Some(3));
         let (short, short_answer) = request(20, 3);
         scheduler.submit(short).unwrap();
         let short = short_answer.await.unwrap().unwrap();
         assert_eq!(short.sequences, vec![vec![21, 22, 23]]);
         let long = long_answer.await.unwrap().unwrap();
-        assert_eq!(long.sequences, vec![(2..=13).collect::<Vec<i64>>()]);
+        let expected: Vec<i64> = (0..300).map(|i| (2 + i) % 50).collect();
+        assert_eq!(long.sequences, vec![expected]);
 
         let steps = steps.lock().unwrap().clone();
         let together = steps.iter().filter(|&&rows| rows == 2).count();
         assert_eq!(together, 2, "the short one decoded twice beside the long one: {steps:?}");
         let last_joint = steps.iter().rposition(|&rows| rows == 2).unwrap();
         assert!(steps[last_joint + 1..].iter().all(|&rows| rows == 1), "it left: {steps:?}");
-        assert_eq!(steps.len(), 12 + 1, "12 steps for the long one, one prefill for the short");
+        assert_eq!(steps.len(), 300 + 1, "300 steps for the long one, one prefill for the short");
     }
 
     #[tokio::test]
     async fn a_caller_that_leaves_frees_its_rows_at_the_next_step() {
         let steps = Arc::new(Mutex::new(Vec::new()));
-        let scheduler = Scheduler::start("counter", Counter { steps: steps.clone() }, policy());
-        let (mut gone, gone_answer) = request(1, 40);
+        let counter = Counter { steps: steps.clone(), pause: Duration::from_millis(1) };
+        let scheduler = Scheduler::start("counter", counter, policy());
+        let (mut gone, gone_answer) = request(1, 400);
         let (tokens, mut streamed) = tokio_mpsc::unbounded_channel();
         gone.tokens = Some(tokens);
         scheduler.submit(gone).unwrap();
@@ -754,14 +767,15 @@ mod tests {
         scheduler.submit(after).unwrap();
         assert_eq!(answer.await.unwrap().unwrap().sequences, vec![vec![31, 32]]);
         let steps = steps.lock().unwrap().clone();
-        assert!(steps.len() < 40, "the abandoned generation stopped early: {steps:?}");
+        assert!(steps.len() < 400, "the abandoned generation stopped early: {steps:?}");
     }
 
     #[tokio::test]
     async fn past_the_bound_requests_are_refused_at_once() {
         let steps = Arc::new(Mutex::new(Vec::new()));
         let policy = Policy { max_queued: 2, max_batch_size: 1, ..policy() };
-        let scheduler = Scheduler::start("counter", Counter { steps }, policy);
+        let counter = Counter { steps, pause: Duration::from_millis(1) };
+        let scheduler = Scheduler::start("counter", counter, policy);
         let answers: Vec<_> = (0..8)
             .map(|i| {
                 let (request, answer) = request(i, 500);

@@ -2,11 +2,13 @@
 //! implementations, each in its own module; [`status`] is the one place errors become statuses.
 
 mod inference;
+mod jobs;
 mod models;
 pub mod status;
 mod worker;
 
 pub use inference::InferenceService;
+pub use jobs::JobsService;
 pub use models::ModelsService;
 pub use worker::WorkerService;
 

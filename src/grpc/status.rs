@@ -4,7 +4,7 @@
 
 use tonic::{Code, Status, codegen::http};
 
-use crate::engine::call::EngineError;
+use crate::{engine::call::EngineError, jobs::service::JobError};
 
 impl From<EngineError> for Status {
     fn from(error: EngineError) -> Self {
@@ -22,6 +22,17 @@ impl From<EngineError> for Status {
             EngineError::Model(_) => Code::Internal,
         };
         Status::new(code, error.to_string())
+    }
+}
+
+impl From<JobError> for Status {
+    fn from(error: JobError) -> Self {
+        match error {
+            JobError::NotFound(_) => Status::not_found(error.to_string()),
+            JobError::Invalid(message) => Status::invalid_argument(message),
+            JobError::Engine(engine) => Status::from(engine),
+            JobError::Store(store) => Status::unavailable(store.to_string()),
+        }
     }
 }
 

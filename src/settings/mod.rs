@@ -131,6 +131,8 @@ pub struct LimitSettings {
     pub max_input_tokens: usize,
     /// Most calls handled at once on one connection. Default 256.
     pub max_concurrent_streams: u32,
+    /// Most documents in one job. Default 1,000,000.
+    pub max_documents_per_job: usize,
 }
 
 /// How logs are written.
@@ -237,10 +239,14 @@ pub struct AmqpSettings {
     pub enabled: bool,
     /// Broker address. Default `amqp://guest:guest@127.0.0.1:5672/%2f`.
     pub url: String,
-    /// Unacknowledged deliveries a worker holds. Default 64.
+    /// Unacknowledged deliveries a worker holds (documents in flight at once; the in-process
+    /// queue uses the same number). Default 64.
     pub prefetch: u16,
     /// Deliveries of one document before it is dead-lettered. Default 5.
     pub delivery_limit: u32,
+    /// Names of queues and exchanges start with this: `{prefix}.documents.{model}`,
+    /// `{prefix}.dead-letter`, `{prefix}.results`. Default `lote`.
+    pub queue_prefix: String,
 }
 
 /// Where job state lives: SQLite on a single node, PostgreSQL for a cluster.
@@ -271,6 +277,7 @@ impl Default for LimitSettings {
             max_inputs_per_call: 256,
             max_input_tokens: 8192,
             max_concurrent_streams: 256,
+            max_documents_per_job: 1_000_000,
         }
     }
 }
@@ -300,6 +307,7 @@ impl Default for AmqpSettings {
             url: "amqp://guest:guest@127.0.0.1:5672/%2f".into(),
             prefetch: 64,
             delivery_limit: 5,
+            queue_prefix: "lote".into(),
         }
     }
 }
@@ -321,6 +329,7 @@ impl Settings {
             ("server.limits.max_inputs_per_call", limits.max_inputs_per_call),
             ("server.limits.max_input_tokens", limits.max_input_tokens),
             ("server.limits.max_concurrent_streams", limits.max_concurrent_streams as usize),
+            ("server.limits.max_documents_per_job", limits.max_documents_per_job),
             ("batching.max_batch_tokens", self.batching.max_batch_tokens),
             ("batching.max_batch_size", self.batching.max_batch_size),
             ("batching.max_queued", self.batching.max_queued),
@@ -346,6 +355,9 @@ impl Settings {
         }
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.filter) {
             return bad("log.filter", e.to_string());
+        }
+        if self.amqp.queue_prefix.trim().is_empty() {
+            return bad("amqp.queue_prefix", "must not be empty".into());
         }
         if !self.amqp.url.starts_with("amqp://") && !self.amqp.url.starts_with("amqps://") {
             return bad(

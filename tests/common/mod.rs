@@ -15,9 +15,22 @@ use tokio::{sync::oneshot, task::JoinHandle};
 use tonic::transport::Channel;
 use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
 
-/// Settings for a test server: port 0 for gRPC and metrics, CPU.
+/// A fresh SQLite job store in the temporary folder, unique to this call.
+pub fn temp_store_url() -> String {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    let nanos =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
+    let path =
+        std::env::temp_dir().join(format!("lote-test-{}-{n}-{nanos}.db", std::process::id()));
+    format!("sqlite://{}", path.display())
+}
+
+/// Settings for a test server: port 0 for gRPC and metrics, CPU, its own job store.
 pub fn test_settings() -> Settings {
     let mut settings = Settings::default();
+    settings.store.url = temp_store_url();
     settings.server.grpc_addr = "127.0.0.1:0".parse().unwrap();
     settings.server.metrics_addr = Some("127.0.0.1:0".parse().unwrap());
     settings.device.kind = lote::settings::DeviceSpec::Cpu;
@@ -76,6 +89,7 @@ pub fn lote_command() -> Command {
         }
     }
     command.env("LOTE__LOG__FORMAT", "json").env_remove("RUST_LOG");
+    command.env("LOTE__STORE__URL", temp_store_url());
     command
 }
 

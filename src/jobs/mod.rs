@@ -1,0 +1,159 @@
+//! Bulk jobs: a task, a model, parameters and many documents, each with the caller's
+//! `custom_id`. The job store ([`store`]) is the one truth; documents travel to workers through
+//! RabbitMQ ([`amqp`], one persistent message per document on a quorum queue per model) or,
+//! on a single node, through an in-process queue fed from the store ([`local`]). A worker
+//! ([`worker`]) computes documents with the same engine as gRPC (bulk lane), commits each result
+//! to the store, and only then acknowledges its message: nothing is lost, and a redelivery can
+//! never write a second result.
+
+pub mod amqp;
+pub mod local;
+pub mod runtime;
+pub mod service;
+pub mod store;
+pub mod wire;
+pub mod worker;
+
+use std::{fmt, str::FromStr};
+
+use serde_json::Value;
+
+use crate::settings::Task;
+
+/// Where a job is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JobState {
+    Queued,
+    Running,
+    Completed,
+    /// Every document failed.
+    Failed,
+    Cancelling,
+    Cancelled,
+}
+
+/// Where a document is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DocumentState {
+    Pending,
+    Succeeded,
+    Failed,
+    /// Its job was cancelled before it was computed.
+    Cancelled,
+}
+
+macro_rules! text_enum {
+    ($name:ident { $($variant:ident = $text:literal),+ $(,)? }) => {
+        impl $name {
+            pub fn as_str(&self) -> &'static str {
+                match self { $($name::$variant => $text),+ }
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+
+        impl FromStr for $name {
+            type Err = String;
+
+            fn from_str(s: &str) -> Result<Self, String> {
+                match s {
+                    $($text => Ok($name::$variant),)+
+                    other => Err(format!("`{other}` is not a {}", stringify!($name))),
+                }
+            }
+        }
+    };
+}
+
+text_enum!(JobState {
+    Queued = "queued",
+    Running = "running",
+    Completed = "completed",
+    Failed = "failed",
+    Cancelling = "cancelling",
+    Cancelled = "cancelled",
+});
+
+text_enum!(DocumentState {
+    Pending = "pending",
+    Succeeded = "succeeded",
+    Failed = "failed",
+    Cancelled = "cancelled",
+});
+
+impl JobState {
+    /// Whether the job has ended (no document will be computed any more).
+    pub fn is_final(&self) -> bool {
+        matches!(self, JobState::Completed | JobState::Failed | JobState::Cancelled)
+    }
+}
+
+/// A job to create.
+#[derive(Debug, Clone)]
+pub struct NewJob {
+    pub id: String,
+    pub idempotency_key: Option<String>,
+    pub task: Task,
+    pub model: String,
+    /// Parameters for every document (a JSON object, `lote run --param` names).
+    pub params: Value,
+    /// Documents published straight to the queue by the caller: `external_total` of them.
+    pub external: bool,
+    pub external_total: usize,
+}
+
+/// A document to create: its input fields (`text`, or `question` and `context`) and its own
+/// parameter overrides.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewDocument {
+    pub custom_id: String,
+    pub input: Value,
+    pub params: Option<Value>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct JobRecord {
+    pub id: String,
+    pub idempotency_key: Option<String>,
+    pub task: Task,
+    pub model: String,
+    pub params: Value,
+    pub state: JobState,
+    pub total: i64,
+    pub succeeded: i64,
+    pub failed: i64,
+    pub external: bool,
+    pub created_ms: i64,
+    pub started_ms: Option<i64>,
+    pub finished_ms: Option<i64>,
+}
+
+impl JobRecord {
+    /// Documents neither succeeded nor failed (cancelled ones included once cancelled).
+    pub fn pending(&self) -> i64 {
+        self.total - self.succeeded - self.failed
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct DocumentRecord {
+    pub job_id: String,
+    pub seq: i64,
+    pub custom_id: String,
+    pub input: Value,
+    pub params: Option<Value>,
+    pub state: DocumentState,
+    /// The output fields, with the model identity and the parameters used.
+    pub result: Option<Value>,
+    pub error: Option<String>,
+    pub finished_ms: Option<i64>,
+}
+
+/// A fresh job id: time-ordered, unique across workers.
+pub fn new_job_id() -> String {
+    format!("job_{}", uuid::Uuid::now_v7().simple())
+}

@@ -1,0 +1,473 @@
+//! Job state, the one truth every worker reads: SQLite on a single node, PostgreSQL for a
+//! cluster, through sqlx's Any driver with one set of portable SQL and embedded migrations.
+//!
+//! A document's result is written once: [`JobStore::finish_document`] changes a document only
+//! while it is pending, and counts it in its job in the same transaction, so a redelivered
+//! message can never count twice or replace a committed result.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde_json::Value;
+use sqlx::{AnyPool, Row, any::AnyPoolOptions};
+
+use super::{DocumentRecord, DocumentState, JobRecord, JobState, NewDocument, NewJob};
+use crate::settings::Task;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("job store: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("job store migrations: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("job store holds a bad row: {0}")]
+    Corrupt(String),
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
+}
+
+#[derive(Clone)]
+pub struct JobStore {
+    pool: AnyPool,
+}
+
+const JOB_COLUMNS: &str = "id, idempotency_key, task, model, params, state, total, succeeded, \
+                           failed, external, created_ms, started_ms, finished_ms";
+const DOCUMENT_COLUMNS: &str =
+    "job_id, seq, custom_id, input, params, state, result, error, finished_ms";
+
+impl JobStore {
+    /// Connects to `sqlite://PATH` (created when missing) or `postgres://...`, and migrates.
+    pub async fn connect(url: &str) -> Result<Self, StoreError> {
+        sqlx::any::install_default_drivers();
+        let sqlite = url.starts_with("sqlite:");
+        let url =
+            if sqlite && !url.contains('?') { format!("{url}?mode=rwc") } else { url.to_string() };
+        let pool = AnyPoolOptions::new()
+            .max_connections(if sqlite { 4 } else { 16 })
+            .after_connect(move |connection, _| {
+                Box::pin(async move {
+                    if sqlite {
+                        // Readers do not wait for the writer; a writer waits for another.
+                        sqlx::query("PRAGMA journal_mode = WAL").execute(&mut *connection).await?;
+                        sqlx::query("PRAGMA busy_timeout = 10000")
+                            .execute(&mut *connection)
+                            .await?;
+                    }
+                    Ok(())
+                })
+            })
+            .connect(&url)
+            .await?;
+        sqlx::migrate!("src/jobs/migrations").run(&pool).await?;
+        Ok(Self { pool })
+    }
+
+    /// Creates a job with its documents; with an idempotency key already used, returns that
+    /// job instead (and false).
+    pub async fn create_job(
+        &self,
+        job: &NewJob,
+        documents: &[NewDocument],
+    ) -> Result<(JobRecord, bool), StoreError> {
+        if let Some(key) = &job.idempotency_key
+            && let Some(existing) = self.job_by_key(key).await?
+        {
+            return Ok((existing, false));
+        }
+        let now = now_ms();
+        let mut tx = self.pool.begin().await?;
+        let total = if job.external { job.external_total as i64 } else { documents.len() as i64 };
+        let inserted = sqlx::query(
+            "INSERT INTO jobs (id, idempotency_key, task, model, params, state, total, external, \
+             created_ms) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+        )
+        .bind(&job.id)
+        .bind(job.idempotency_key.clone())
+        .bind(job.task.as_str())
+        .bind(&job.model)
+        .bind(job.params.to_string())
+        .bind(JobState::Queued.as_str())
+        .bind(total)
+        .bind(job.external as i64)
+        .bind(now)
+        .execute(&mut *tx)
+        .await;
+        if let Err(error) = inserted {
+            // Two submissions with one key at once: the other one won.
+            drop(tx);
+            if let Some(key) = &job.idempotency_key
+                && let Some(existing) = self.job_by_key(key).await?
+            {
+                return Ok((existing, false));
+            }
+            return Err(error.into());
+        }
+        for (seq, document) in documents.iter().enumerate() {
+            insert_document(&mut tx, &job.id, seq as i64, document, now).await?;
+        }
+        tx.commit().await?;
+        let record = self.job(&job.id).await?.ok_or_else(|| {
+            StoreError::Corrupt(format!("job {} vanished after it was created", job.id))
+        })?;
+        Ok((record, true))
+    }
+
+    /// Adds a document published straight to the queue to its external job (first sight
+    /// only); false when the job already holds `total` documents or is not external.
+    pub async fn add_external_document(
+        &self,
+        job: &JobRecord,
+        document: &NewDocument,
+    ) -> Result<bool, StoreError> {
+        if !job.external {
+            return Ok(false);
+        }
+        let mut tx = self.pool.begin().await?;
+        let row = sqlx::query("SELECT COUNT(*) FROM documents WHERE job_id = $1")
+            .bind(&job.id)
+            .fetch_one(&mut *tx)
+            .await?;
+        let count: i64 = row.try_get(0)?;
+        if count >= job.total {
+            return Ok(false);
+        }
+        let inserted = insert_document(&mut tx, &job.id, count, document, now_ms()).await;
+        match inserted {
+            Ok(()) => {
+                // Published by its sender: the outbox has nothing to do for it.
+                sqlx::query(
+                    "UPDATE documents SET published = 1 WHERE job_id = $1 AND custom_id = $2",
+                )
+                .bind(&job.id)
+                .bind(&document.custom_id)
+                .execute(&mut *tx)
+                .await?;
+                tx.commit().await?;
+                Ok(true)
+            }
+            Err(_) => Ok(false),
+        }
+    }
+
+    pub async fn job(&self, id: &str) -> Result<Option<JobRecord>, StoreError> {
+        let row = sqlx::query(&format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = $1"))
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(|row| job_from_row(&row)).transpose()
+    }
+
+    async fn job_by_key(&self, key: &str) -> Result<Option<JobRecord>, StoreError> {
+        let row =
+            sqlx::query(&format!("SELECT {JOB_COLUMNS} FROM jobs WHERE idempotency_key = $1"))
+                .bind(key)
+                .fetch_optional(&self.pool)
+                .await?;
+        row.map(|row| job_from_row(&row)).transpose()
+    }
+
+    /// Jobs newest first, `limit` at a time, after the job `after` (a page token); optionally
+    /// only those in `state`.
+    pub async fn list_jobs(
+        &self,
+        state: Option<JobState>,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<JobRecord>, StoreError> {
+        let cursor = match after {
+            Some(id) => self.job(id).await?.map(|job| (job.created_ms, job.id)),
+            None => None,
+        };
+        let mut conditions = Vec::new();
+        if cursor.is_some() {
+            conditions.push("(created_ms < $1 OR (created_ms = $1 AND id < $2))".to_string());
+        }
+        if state.is_some() {
+            let n = if cursor.is_some() { 3 } else { 1 };
+            conditions.push(format!("state = ${n}"));
+        }
+        let filter = if conditions.is_empty() {
+            String::new()
+        } else {
+            format!("WHERE {}", conditions.join(" AND "))
+        };
+        let limit_at = 1 + conditions.len() + usize::from(cursor.is_some());
+        let sql = format!(
+            "SELECT {JOB_COLUMNS} FROM jobs {filter} ORDER BY created_ms DESC, id DESC LIMIT ${limit_at}"
+        );
+        let mut query = sqlx::query(&sql);
+        if let Some((created, id)) = cursor {
+            query = query.bind(created).bind(id);
+        }
+        if let Some(state) = state {
+            query = query.bind(state.as_str());
+        }
+        query = query.bind(limit as i64);
+        let rows = query.fetch_all(&self.pool).await?;
+        rows.iter().map(job_from_row).collect()
+    }
+
+    /// Documents of `job` after sequence number `after` (-1 for the first), in order.
+    pub async fn documents(
+        &self,
+        job: &str,
+        after: i64,
+        limit: usize,
+    ) -> Result<Vec<DocumentRecord>, StoreError> {
+        let rows = sqlx::query(&format!(
+            "SELECT {DOCUMENT_COLUMNS} FROM documents WHERE job_id = $1 AND seq > $2 \
+             ORDER BY seq LIMIT $3"
+        ))
+        .bind(job)
+        .bind(after)
+        .bind(limit as i64)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(document_from_row).collect()
+    }
+
+    /// Documents of `job` finished at or after `since_ms`, in the order they finished.
+    pub async fn finished_since(
+        &self,
+        job: &str,
+        since_ms: i64,
+        limit: usize,
+    ) -> Result<Vec<DocumentRecord>, StoreError> {
+        let rows = sqlx::query(&format!(
+            "SELECT {DOCUMENT_COLUMNS} FROM documents WHERE job_id = $1 AND finished_ms >= $2 \
+             ORDER BY finished_ms, seq LIMIT $3"
+        ))
+        .bind(job)
+        .bind(since_ms)
+        .bind(limit as i64)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(document_from_row).collect()
+    }
+
+    pub async fn document(
+        &self,
+        job: &str,
+        custom_id: &str,
+    ) -> Result<Option<DocumentRecord>, StoreError> {
+        let row = sqlx::query(&format!(
+            "SELECT {DOCUMENT_COLUMNS} FROM documents WHERE job_id = $1 AND custom_id = $2"
+        ))
+        .bind(job)
+        .bind(custom_id)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|row| document_from_row(&row)).transpose()
+    }
+
+    /// Pending documents of live jobs, oldest first (the in-process queue's source).
+    pub async fn pending_documents(&self, limit: usize) -> Result<Vec<DocumentRecord>, StoreError> {
+        let rows = sqlx::query(&format!(
+            "SELECT {DOCUMENT_COLUMNS} FROM documents WHERE state = $1 \
+             ORDER BY created_ms, job_id, seq LIMIT $2"
+        ))
+        .bind(DocumentState::Pending.as_str())
+        .bind(limit as i64)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(document_from_row).collect()
+    }
+
+    /// Pending documents not yet confirmed by the broker, created before `before_ms` (the
+    /// outbox: a worker that died between storing and publishing leaves them here).
+    pub async fn unpublished(
+        &self,
+        before_ms: i64,
+        limit: usize,
+    ) -> Result<Vec<(JobRecord, DocumentRecord)>, StoreError> {
+        let rows = sqlx::query(&format!(
+            "SELECT {DOCUMENT_COLUMNS} FROM documents WHERE state = $1 AND published = 0 \
+             AND created_ms <= $2 ORDER BY created_ms, job_id, seq LIMIT $3"
+        ))
+        .bind(DocumentState::Pending.as_str())
+        .bind(before_ms)
+        .bind(limit as i64)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut out = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let document = document_from_row(row)?;
+            if let Some(job) = self.job(&document.job_id).await? {
+                out.push((job, document));
+            }
+        }
+        Ok(out)
+    }
+
+    pub async fn mark_published(&self, job: &str, custom_id: &str) -> Result<(), StoreError> {
+        sqlx::query("UPDATE documents SET published = 1 WHERE job_id = $1 AND custom_id = $2")
+            .bind(job)
+            .bind(custom_id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Records a document's result (Ok: the output fields) or failure, if it is still
+    /// pending: true when this call wrote it. Moves the job to running, then to completed or
+    /// failed once every document is accounted for.
+    pub async fn finish_document(
+        &self,
+        job: &str,
+        custom_id: &str,
+        outcome: &Result<Value, String>,
+    ) -> Result<bool, StoreError> {
+        let now = now_ms();
+        let mut tx = self.pool.begin().await?;
+        let (state, result, error) = match outcome {
+            Ok(fields) => (DocumentState::Succeeded, Some(fields.to_string()), None),
+            Err(reason) => (DocumentState::Failed, None, Some(reason.clone())),
+        };
+        let written = sqlx::query(
+            "UPDATE documents SET state = $1, result = $2, error = $3, finished_ms = $4 \
+             WHERE job_id = $5 AND custom_id = $6 AND state = $7",
+        )
+        .bind(state.as_str())
+        .bind(result)
+        .bind(error)
+        .bind(now)
+        .bind(job)
+        .bind(custom_id)
+        .bind(DocumentState::Pending.as_str())
+        .execute(&mut *tx)
+        .await?
+        .rows_affected()
+            == 1;
+        if !written {
+            return Ok(false);
+        }
+        let counter = if state == DocumentState::Succeeded { "succeeded" } else { "failed" };
+        sqlx::query(&format!(
+            "UPDATE jobs SET {counter} = {counter} + 1, \
+             started_ms = COALESCE(started_ms, $1), \
+             state = CASE WHEN state = $2 THEN $3 ELSE state END WHERE id = $4"
+        ))
+        .bind(now)
+        .bind(JobState::Queued.as_str())
+        .bind(JobState::Running.as_str())
+        .bind(job)
+        .execute(&mut *tx)
+        .await?;
+        // Every document accounted for: completed, or failed when none succeeded.
+        sqlx::query(
+            "UPDATE jobs SET finished_ms = $1, \
+             state = CASE WHEN succeeded = 0 THEN $2 ELSE $3 END \
+             WHERE id = $4 AND succeeded + failed = total AND state IN ($5, $6)",
+        )
+        .bind(now)
+        .bind(JobState::Failed.as_str())
+        .bind(JobState::Completed.as_str())
+        .bind(job)
+        .bind(JobState::Queued.as_str())
+        .bind(JobState::Running.as_str())
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    /// Cancels a job that has not ended: its pending documents will not be computed. Returns
+    /// the job as it is after (None for an unknown job).
+    pub async fn cancel_job(&self, id: &str) -> Result<Option<JobRecord>, StoreError> {
+        let now = now_ms();
+        let mut tx = self.pool.begin().await?;
+        let live = sqlx::query("UPDATE jobs SET state = $1 WHERE id = $2 AND state IN ($3, $4)")
+            .bind(JobState::Cancelling.as_str())
+            .bind(id)
+            .bind(JobState::Queued.as_str())
+            .bind(JobState::Running.as_str())
+            .execute(&mut *tx)
+            .await?
+            .rows_affected()
+            == 1;
+        if live {
+            sqlx::query("UPDATE documents SET state = $1, finished_ms = $2 WHERE job_id = $3 AND state = $4")
+                .bind(DocumentState::Cancelled.as_str())
+                .bind(now)
+                .bind(id)
+                .bind(DocumentState::Pending.as_str())
+                .execute(&mut *tx)
+                .await?;
+            sqlx::query("UPDATE jobs SET state = $1, finished_ms = $2 WHERE id = $3")
+                .bind(JobState::Cancelled.as_str())
+                .bind(now)
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        self.job(id).await
+    }
+}
+
+async fn insert_document(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    job: &str,
+    seq: i64,
+    document: &NewDocument,
+    now: i64,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO documents (job_id, seq, custom_id, input, params, state, created_ms) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7)",
+    )
+    .bind(job)
+    .bind(seq)
+    .bind(&document.custom_id)
+    .bind(document.input.to_string())
+    .bind(document.params.as_ref().map(Value::to_string))
+    .bind(DocumentState::Pending.as_str())
+    .bind(now)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+fn json(text: &str) -> Result<Value, StoreError> {
+    serde_json::from_str(text).map_err(|e| StoreError::Corrupt(e.to_string()))
+}
+
+fn job_from_row(row: &sqlx::any::AnyRow) -> Result<JobRecord, StoreError> {
+    let task: String = row.try_get("task")?;
+    let state: String = row.try_get("state")?;
+    Ok(JobRecord {
+        id: row.try_get("id")?,
+        idempotency_key: row.try_get("idempotency_key")?,
+        task: task.parse::<Task>().map_err(StoreError::Corrupt)?,
+        model: row.try_get("model")?,
+        params: json(&row.try_get::<String, _>("params")?)?,
+        state: state.parse().map_err(StoreError::Corrupt)?,
+        total: row.try_get("total")?,
+        succeeded: row.try_get("succeeded")?,
+        failed: row.try_get("failed")?,
+        external: row.try_get::<i64, _>("external")? != 0,
+        created_ms: row.try_get("created_ms")?,
+        started_ms: row.try_get("started_ms")?,
+        finished_ms: row.try_get("finished_ms")?,
+    })
+}
+
+fn document_from_row(row: &sqlx::any::AnyRow) -> Result<DocumentRecord, StoreError> {
+    let state: String = row.try_get("state")?;
+    let params: Option<String> = row.try_get("params")?;
+    let result: Option<String> = row.try_get("result")?;
+    Ok(DocumentRecord {
+        job_id: row.try_get("job_id")?,
+        seq: row.try_get("seq")?,
+        custom_id: row.try_get("custom_id")?,
+        input: json(&row.try_get::<String, _>("input")?)?,
+        params: params.as_deref().map(json).transpose()?,
+        state: state.parse().map_err(StoreError::Corrupt)?,
+        result: result.as_deref().map(json).transpose()?,
+        error: row.try_get("error")?,
+        finished_ms: row.try_get("finished_ms")?,
+    })
+}

@@ -1,0 +1,312 @@
+//! What a worker does with one document message, whichever queue it came from: read it, skip
+//! it if its job is cancelled or it already has a result, compute it with the engine, commit
+//! the result, and only then settle the message. The decision table is here, in one place:
+//!
+//! | outcome | store | message |
+//! | --- | --- | --- |
+//! | result | succeeded (first write wins) | ack |
+//! | undecodable message, unknown job or document | - | dead-letter |
+//! | invalid input or parameters | failed, with the reason | dead-letter |
+//! | model failure, first delivery | - | requeue (it comes back alone) |
+//! | model failure when alone | failed, with the reason | dead-letter |
+//! | overloaded, shutting down, store unreachable | - | requeue |
+//! | job cancelled, or document already finished | - | ack |
+
+use std::sync::Arc;
+
+use serde_json::{Map, Value, json};
+
+use super::{
+    DocumentState, JobRecord, JobState, NewDocument,
+    store::{JobStore, StoreError},
+    wire::{DocumentMessage, WireError},
+};
+use crate::{
+    engine::{
+        call::EngineError,
+        policy::Lane,
+        registry::{Registry, ServedModel},
+    },
+    run::{generation_fields, result_fields},
+    settings::Task,
+    tasks::{TaskError, TaskInput},
+};
+
+/// What happens to a message once it is handled.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Settle {
+    Ack,
+    /// Back to the queue; it is redelivered (and then computed alone).
+    Requeue,
+    /// Rejected without requeue: the broker moves it to the dead-letter queue.
+    DeadLetter(String),
+}
+
+/// Why a document could not be computed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Failure {
+    /// It will never succeed: the reason is recorded.
+    Permanent(String),
+    /// It may succeed later: the message goes back to the queue.
+    Transient(String),
+}
+
+/// Computes one document; the engine in production, a stand-in in scheduling tests.
+#[tonic::async_trait]
+pub trait Executor: Send + Sync + 'static {
+    /// Checks a job before it is accepted: the model exists, serves the task, and the
+    /// parameters parse.
+    fn check(&self, model: &str, task: Task, params: &Value) -> Result<(), EngineError>;
+    /// The output fields of one document (`alone`: in a batch of its own).
+    async fn execute(
+        &self,
+        job: &JobRecord,
+        input: &Value,
+        params: &Value,
+        alone: bool,
+    ) -> Result<Value, Failure>;
+}
+
+/// The engine as an executor: the bulk lane of the models the registry serves.
+pub struct EngineExecutor {
+    registry: Arc<Registry>,
+}
+
+impl EngineExecutor {
+    pub fn new(registry: Arc<Registry>) -> Self {
+        Self { registry }
+    }
+
+    fn model(&self, model: &str, task: Task) -> Result<&ServedModel, EngineError> {
+        let served = self.registry.get(model)?;
+        let serves = self.registry.task_of(model).expect("a served model has settings");
+        if serves != task {
+            return Err(EngineError::WrongTask {
+                model: model.into(),
+                task: serves.to_string(),
+                wanted: task.to_string(),
+            });
+        }
+        Ok(served)
+    }
+}
+
+/// The task input of stored input fields.
+pub fn task_input(task: Task, input: &Value) -> Result<TaskInput, String> {
+    let field = |name: &str| input[name].as_str().map(String::from);
+    match task {
+        Task::QuestionAnswering => match (field("question"), field("context")) {
+            (Some(question), Some(context)) => Ok(TaskInput::QuestionContext { question, context }),
+            _ => Err("question-answering needs `question` and `context`".into()),
+        },
+        _ => field("text")
+            .map(|text| TaskInput::Text { text })
+            .ok_or_else(|| format!("{task} needs `text`")),
+    }
+}
+
+/// How an engine failure of one document is classed.
+fn failure(error: EngineError, alone: bool) -> Failure {
+    match error {
+        EngineError::Overloaded { .. }
+        | EngineError::DeadlineExceeded
+        | EngineError::Unavailable(_)
+        | EngineError::Loading(_) => Failure::Transient(error.to_string()),
+        EngineError::Model(_) | EngineError::OutOfMemory { .. } if !alone => {
+            Failure::Transient(error.to_string())
+        }
+        other => Failure::Permanent(other.to_string()),
+    }
+}
+
+fn task_failure(error: TaskError, alone: bool) -> Failure {
+    match error {
+        TaskError::Model(_) | TaskError::OutOfMemory(_) if !alone => {
+            Failure::Transient(error.to_string())
+        }
+        other => Failure::Permanent(other.to_string()),
+    }
+}
+
+#[tonic::async_trait]
+impl Executor for EngineExecutor {
+    fn check(&self, model: &str, task: Task, params: &Value) -> Result<(), EngineError> {
+        let invalid = |e: TaskError| EngineError::Invalid(e.to_string());
+        match self.model(model, task)? {
+            ServedModel::Encoder(service) => {
+                service.pipeline().parse_params(params).map(|_| ()).map_err(invalid)
+            }
+            ServedModel::Generation(service) => {
+                service.pipeline().parse_params(params).map(|_| ()).map_err(invalid)
+            }
+        }
+    }
+
+    async fn execute(
+        &self,
+        job: &JobRecord,
+        input: &Value,
+        params: &Value,
+        alone: bool,
+    ) -> Result<Value, Failure> {
+        let served = self.model(&job.model, job.task).map_err(|e| failure(e, alone))?;
+        let input = task_input(job.task, input).map_err(Failure::Permanent)?;
+        let mut fields = match served {
+            ServedModel::Encoder(service) => {
+                let parsed = service
+                    .pipeline()
+                    .parse_params(params)
+                    .map_err(|e| Failure::Permanent(e.to_string()))?;
+                let items = vec![(input, parsed)];
+                let answered = if alone {
+                    service.answer_alone(items).await
+                } else {
+                    service.answer(items, Lane::Bulk, None).await
+                };
+                let result = answered.map_err(|e| failure(e, alone))?.results.remove(0);
+                result_fields(&result.map_err(|e| task_failure(e, alone))?)
+            }
+            ServedModel::Generation(service) => {
+                let parsed = service
+                    .pipeline()
+                    .parse_params(params)
+                    .map_err(|e| Failure::Permanent(e.to_string()))?;
+                let items = vec![(input, parsed)];
+                let answered = if alone {
+                    service.generate_alone(items).await
+                } else {
+                    service.generate(items, Lane::Bulk, None).await
+                };
+                let result = answered.map_err(|e| failure(e, alone))?.results.remove(0);
+                let result = result.map_err(|e| task_failure(e, alone))?;
+                generation_fields(
+                    job.task,
+                    &result.generation,
+                    result.input_tokens,
+                    result.truncated,
+                )
+            }
+        };
+        let identity = match served {
+            ServedModel::Encoder(s) => json!(s.pipeline().identity),
+            ServedModel::Generation(s) => json!(s.pipeline().identity),
+        };
+        fields.insert("model".into(), identity);
+        fields.insert("params".into(), params.clone());
+        Ok(Value::Object(fields))
+    }
+}
+
+/// The job's parameters with the document's own over them.
+pub fn merged_params(job: &Value, document: Option<&Value>) -> Value {
+    let mut params: Map<String, Value> = job.as_object().cloned().unwrap_or_default();
+    if let Some(Value::Object(own)) = document {
+        params.extend(own.clone());
+    }
+    Value::Object(params)
+}
+
+/// Handles document messages against the store with an executor; `on_result` hears of each
+/// result committed here (the AMQP transport publishes it to `lote.results`).
+pub struct DocumentHandler {
+    pub store: JobStore,
+    pub executor: Arc<dyn Executor>,
+}
+
+/// What a handled message did, for the caller to settle and announce.
+#[derive(Debug)]
+pub struct Handled {
+    pub settle: Settle,
+    /// The job and document, when the message named a known one.
+    pub finished: Option<(JobRecord, String)>,
+}
+
+impl DocumentHandler {
+    pub async fn handle(
+        &self,
+        message: Result<DocumentMessage, WireError>,
+        redelivered: bool,
+    ) -> Handled {
+        let settle = |settle| Handled { settle, finished: None };
+        let message = match message {
+            Ok(message) => message,
+            Err(error) => {
+                metrics::counter!("lote_job_documents_total", "outcome" => "undecodable")
+                    .increment(1);
+                return settle(Settle::DeadLetter(error.to_string()));
+            }
+        };
+        match self.handle_document(message, redelivered).await {
+            Ok(handled) => handled,
+            Err(error) => {
+                tracing::warn!(%error, "job store unreachable; the document goes back to the queue");
+                settle(Settle::Requeue)
+            }
+        }
+    }
+
+    async fn handle_document(
+        &self,
+        message: DocumentMessage,
+        redelivered: bool,
+    ) -> Result<Handled, StoreError> {
+        let settle = |settle| Handled { settle, finished: None };
+        let Some(job) = self.store.job(&message.job_id).await? else {
+            return Ok(settle(Settle::DeadLetter(format!("unknown job `{}`", message.job_id))));
+        };
+        if matches!(job.state, JobState::Cancelling | JobState::Cancelled) {
+            metrics::counter!("lote_job_documents_total", "outcome" => "cancelled").increment(1);
+            return Ok(settle(Settle::Ack));
+        }
+        let mut document = self.store.document(&job.id, &message.custom_id).await?;
+        if document.is_none() && job.external {
+            let new = NewDocument {
+                custom_id: message.custom_id.clone(),
+                input: message.input(),
+                params: message.params.clone().map(Value::Object),
+            };
+            self.store.add_external_document(&job, &new).await?;
+            document = self.store.document(&job.id, &message.custom_id).await?;
+        }
+        let Some(document) = document else {
+            return Ok(settle(Settle::DeadLetter(format!(
+                "job `{}` has no document `{}`",
+                job.id, message.custom_id
+            ))));
+        };
+        if document.state != DocumentState::Pending {
+            return Ok(settle(Settle::Ack));
+        }
+        let params = merged_params(&job.params, document.params.as_ref());
+        let outcome = self.executor.execute(&job, &document.input, &params, redelivered).await;
+        let (stored, settle_as) = match outcome {
+            Ok(fields) => (Ok(fields), Settle::Ack),
+            Err(Failure::Permanent(reason)) => (Err(reason.clone()), Settle::DeadLetter(reason)),
+            Err(Failure::Transient(reason)) => {
+                tracing::info!(job = %job.id, custom_id = %document.custom_id, %reason, "requeued");
+                metrics::counter!("lote_job_documents_total", "outcome" => "requeued").increment(1);
+                return Ok(settle(Settle::Requeue));
+            }
+        };
+        self.store.finish_document(&job.id, &document.custom_id, &stored).await?;
+        let outcome = if stored.is_ok() { "succeeded" } else { "failed" };
+        metrics::counter!("lote_job_documents_total", "outcome" => outcome).increment(1);
+        Ok(Handled { settle: settle_as, finished: Some((job, document.custom_id)) })
+    }
+
+    /// A message the broker dead-lettered (rejected here, or past the delivery limit): its
+    /// document, if still pending, is recorded as failed with `reason`.
+    pub async fn account_dead_letter(
+        &self,
+        message: &DocumentMessage,
+        reason: &str,
+    ) -> Result<(), StoreError> {
+        if let Some(document) = self.store.document(&message.job_id, &message.custom_id).await?
+            && document.state == DocumentState::Pending
+        {
+            let failed = Err(format!("dead-lettered: {reason}"));
+            self.store.finish_document(&message.job_id, &message.custom_id, &failed).await?;
+        }
+        Ok(())
+    }
+}
