@@ -58,7 +58,7 @@ pub enum InferError {
     Usage(String),
     #[error("cannot connect to {addr}: {source}")]
     Connect { addr: String, source: tonic::transport::Error },
-    #[error("{}: {}", .0.code(), .0.message())]
+    #[error("{:?}: {}", .0.code(), .0.message())]
     Status(#[from] tonic::Status),
     #[error("cannot read {}: {source}", path.display())]
     Read { path: PathBuf, source: std::io::Error },

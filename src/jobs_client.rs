@@ -74,7 +74,7 @@ pub enum JobsCliError {
     Usage(String),
     #[error("cannot connect to {addr}: {source}")]
     Connect { addr: String, source: tonic::transport::Error },
-    #[error("{}: {}", .0.code(), .0.message())]
+    #[error("{:?}: {}", .0.code(), .0.message())]
     Status(#[from] tonic::Status),
     #[error("{}: {source}", path.display())]
     Io { path: PathBuf, source: std::io::Error },

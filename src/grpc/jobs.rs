@@ -20,6 +20,8 @@ use crate::{
 const POLL: Duration = Duration::from_millis(200);
 /// Documents read from the store at once.
 const PAGE: usize = 500;
+/// How far back in finish times each watch pass looks again.
+const WATCH_LOOKBACK_MS: i64 = 3000;
 
 pub struct JobsService {
     jobs: Jobs,
@@ -175,37 +177,52 @@ impl pb::jobs_server::Jobs for JobsService {
                 return;
             }
             let mut seen: HashSet<String> = HashSet::new();
-            let mut since = 0;
+            // Finish times are taken before their transactions commit, so a document can
+            // appear with a time a little older than one already seen: each pass looks back
+            // WATCH_LOOKBACK_MS, and `seen` drops the repeats.
+            let mut horizon = 0;
             loop {
-                // The job first: if it has ended, every document it counted is read below.
-                let read = async {
-                    let before = store.job(&id).await?;
-                    let finished = store.finished_since(&id, since, PAGE).await?;
-                    let after = store.job(&id).await?;
-                    Ok::<_, crate::jobs::store::StoreError>((before, finished, after))
-                };
-                let (before, finished, after) = match read.await {
-                    Ok((Some(before), finished, Some(after))) => (before, finished, after),
-                    Ok(_) => return,
+                // The job first: if it had ended, every document it counted is read below.
+                let before = match store.job(&id).await {
+                    Ok(Some(job)) => job,
+                    Ok(None) => return,
                     Err(error) => {
                         let _ = events.send(Err(Status::from(JobError::from(error)))).await;
                         return;
                     }
                 };
-                let full_page = finished.len() == PAGE;
-                for document in finished {
-                    since = since.max(document.finished_ms.unwrap_or(since));
-                    if seen.insert(document.custom_id.clone())
-                        && send(&after, Some(&document)).await.is_err()
-                    {
-                        return;
+                let mut cursor = (horizon - WATCH_LOOKBACK_MS, -1);
+                loop {
+                    let page = match store.finished_after(&id, cursor, PAGE).await {
+                        Ok(page) => page,
+                        Err(error) => {
+                            let _ = events.send(Err(Status::from(JobError::from(error)))).await;
+                            return;
+                        }
+                    };
+                    let fresh: Vec<&DocumentRecord> =
+                        page.iter().filter(|d| !seen.contains(&d.custom_id)).collect();
+                    let job =
+                        if fresh.is_empty() { None } else { store.job(&id).await.ok().flatten() };
+                    for document in fresh {
+                        seen.insert(document.custom_id.clone());
+                        let job = job.as_ref().unwrap_or(&before);
+                        if send(job, Some(document)).await.is_err() {
+                            return;
+                        }
+                    }
+                    if let Some(last) = page.last() {
+                        let finished = last.finished_ms.unwrap_or(0);
+                        cursor = (finished, last.seq);
+                        horizon = horizon.max(finished);
+                    }
+                    if page.len() < PAGE {
+                        break;
                     }
                 }
-                if full_page {
-                    continue;
-                }
                 if before.state.is_final() {
-                    let _ = send(&after, None).await;
+                    let last = store.job(&id).await.ok().flatten().unwrap_or(before);
+                    let _ = send(&last, None).await;
                     return;
                 }
                 tokio::time::sleep(POLL).await;

@@ -229,19 +229,22 @@ impl JobStore {
         rows.iter().map(document_from_row).collect()
     }
 
-    /// Documents of `job` finished at or after `since_ms`, in the order they finished.
-    pub async fn finished_since(
+    /// Documents of `job` finished after `(finished_ms, seq)` = `after`, in the order they
+    /// finished (keyset pages).
+    pub async fn finished_after(
         &self,
         job: &str,
-        since_ms: i64,
+        after: (i64, i64),
         limit: usize,
     ) -> Result<Vec<DocumentRecord>, StoreError> {
         let rows = sqlx::query(&format!(
-            "SELECT {DOCUMENT_COLUMNS} FROM documents WHERE job_id = $1 AND finished_ms >= $2 \
-             ORDER BY finished_ms, seq LIMIT $3"
+            "SELECT {DOCUMENT_COLUMNS} FROM documents WHERE job_id = $1 AND \
+             (finished_ms > $2 OR (finished_ms = $2 AND seq > $3)) \
+             ORDER BY finished_ms, seq LIMIT $4"
         ))
         .bind(job)
-        .bind(since_ms)
+        .bind(after.0)
+        .bind(after.1)
         .bind(limit as i64)
         .fetch_all(&self.pool)
         .await?;

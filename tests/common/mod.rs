@@ -10,6 +10,8 @@ use std::{
     time::Duration,
 };
 
+pub mod jobs;
+
 use lote::{Server, Settings};
 use tokio::{sync::oneshot, task::JoinHandle};
 use tonic::transport::Channel;
