@@ -41,10 +41,12 @@ $(FIXTURES)/.stamp: tests/fixtures/make_models.py tests/fixtures/make_generation
 	rm -rf $(FIXTURES) && mv $(FIXTURES).tmp $(FIXTURES) && touch $@
 
 ## The whole suite: formatting, lints, unit and integration tests.
+## The job tests talk to the real RabbitMQ and PostgreSQL on 127.0.0.1 (scripts/services starts
+## or installs them).
 test: setup fixtures
 	$(CARGO) fmt --check
 	$(CARGO) clippy --all-targets -- -D warnings
-	$(CARGO) test --all-targets
+	LOTE_TEST_POSTGRES=$$(scripts/services) $(CARGO) test --all-targets
 
 fmt:
 	$(CARGO) fmt

@@ -29,8 +29,12 @@ pub struct SubmitArgs {
     pub model: String,
     /// JSONL documents: {"custom_id"?, "text"} or {"custom_id"?, "question", "context"},
     /// optional "params". Without custom_id, the line number is used.
-    #[arg(long)]
-    pub input: PathBuf,
+    #[arg(long, required_unless_present = "external")]
+    pub input: Option<PathBuf>,
+    /// Instead of --input: a job of this many documents that another service publishes
+    /// straight to the model's queue (see README).
+    #[arg(long, conflicts_with = "input")]
+    pub external: Option<u32>,
     /// A parameter for every document (`max_new_tokens=60`).
     #[arg(long = "param", value_name = "KEY=VALUE")]
     pub params: Vec<String>,
@@ -134,7 +138,10 @@ fn print_job(job: &pb::Job) {
 pub async fn submit(args: &SubmitArgs) -> Result<(), JobsCliError> {
     let params = crate::run::parse_cli_params(&args.params)
         .map_err(|e| JobsCliError::Usage(e.to_string()))?;
-    let documents = read_documents(&args.input)?;
+    let documents = match &args.input {
+        Some(input) => read_documents(input)?,
+        None => Vec::new(),
+    };
     let mut client = client(&args.target).await?;
     // Large files go as a client stream, a thousand documents a message.
     let mut chunks = documents.chunks(1000).map(<[pb::JobDocument]>::to_vec);
@@ -144,7 +151,7 @@ pub async fn submit(args: &SubmitArgs) -> Result<(), JobsCliError> {
         params_json: Value::Object(params).to_string(),
         documents: chunks.next().unwrap_or_default(),
         idempotency_key: args.idempotency_key.clone().unwrap_or_default(),
-        external_documents: 0,
+        external_documents: args.external.unwrap_or(0),
     };
     let rest: Vec<pb::SubmitJobRequest> =
         chunks.map(|documents| pb::SubmitJobRequest { documents, ..Default::default() }).collect();

@@ -10,6 +10,7 @@ use std::{
     time::Duration,
 };
 
+pub mod broker;
 pub mod jobs;
 
 use lote::{Server, Settings};
