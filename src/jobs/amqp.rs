@@ -179,49 +179,61 @@ impl Publisher {
         *self.channel.lock().await = channel;
     }
 
-    /// Publishes one document to its model's queue and waits for the broker's confirm.
-    pub async fn publish_document(
-        &self,
-        model: &str,
-        message: &DocumentMessage,
-    ) -> Result<(), AmqpError> {
-        let guard = self.channel.lock().await;
-        let channel = guard.as_ref().ok_or(AmqpError::Disconnected)?;
+    /// The current channel (None while reconnecting); the lock is not held while publishing.
+    async fn channel(&self) -> Result<Channel, AmqpError> {
+        self.channel.lock().await.clone().ok_or(AmqpError::Disconnected)
+    }
+
+    /// Declares a model's queue once per connection (so that `mandatory` publishes find it).
+    async fn ensure_queue(&self, channel: &Channel, model: &str) -> Result<String, AmqpError> {
         let queue = self.topology.documents_queue(model);
         let known = self.declared.lock().unwrap_or_else(|p| p.into_inner()).contains(&queue);
         if !known {
             self.topology.declare_documents_queue(channel, model).await?;
             self.declared.lock().unwrap_or_else(|p| p.into_inner()).insert(queue.clone());
         }
+        Ok(queue)
+    }
+
+    /// Publishes documents of `model` and waits for the broker to confirm every one of them
+    /// (they are sent back to back, the confirms awaited after).
+    pub async fn publish_documents(
+        &self,
+        model: &str,
+        messages: &[DocumentMessage],
+    ) -> Result<(), AmqpError> {
+        let channel = self.channel().await?;
+        let queue = self.ensure_queue(&channel, model).await?;
         let properties =
             BasicProperties::default().with_delivery_mode(2).with_content_type(wire::JSON.into());
         let options = BasicPublishOptions { mandatory: true, ..Default::default() };
-        let confirm = channel
-            .basic_publish(
-                "".into(),
-                queue.as_str().into(),
-                options,
-                &message.encode_json(),
-                properties,
-            )
-            .await?
-            .await?;
-        if !confirm.is_ack() {
-            return Err(AmqpError::NotConfirmed("nacked".into()));
+        let mut confirms = Vec::with_capacity(messages.len());
+        for message in messages {
+            let body = message.encode_json();
+            let confirm = channel
+                .basic_publish("".into(), queue.as_str().into(), options, &body, properties.clone())
+                .await?;
+            confirms.push(confirm);
         }
-        if confirm.take_message().is_some() {
-            return Err(AmqpError::NotConfirmed(format!("no queue took it ({queue})")));
+        for confirm in confirms {
+            let confirm = confirm.await?;
+            if !confirm.is_ack() {
+                return Err(AmqpError::NotConfirmed("nacked".into()));
+            }
+            if confirm.take_message().is_some() {
+                return Err(AmqpError::NotConfirmed(format!("no queue took it ({queue})")));
+            }
         }
         Ok(())
     }
 
-    /// Announces a finished document on the results exchange (routing key: its job id).
+    /// Announces a finished document on the results exchange (routing key: its job id),
+    /// without waiting for the broker's confirm: the store already holds the result.
     pub async fn publish_result(&self, job: &str, body: &[u8]) -> Result<(), AmqpError> {
-        let guard = self.channel.lock().await;
-        let channel = guard.as_ref().ok_or(AmqpError::Disconnected)?;
+        let channel = self.channel().await?;
         let properties =
             BasicProperties::default().with_delivery_mode(2).with_content_type(wire::JSON.into());
-        channel
+        let _unconfirmed = channel
             .basic_publish(
                 self.topology.results_exchange().as_str().into(),
                 job.into(),
@@ -229,7 +241,6 @@ impl Publisher {
                 body,
                 properties,
             )
-            .await?
             .await?;
         Ok(())
     }
@@ -435,21 +446,36 @@ async fn account(handler: &DocumentHandler, delivery: Delivery) {
     let _ = delivery.ack(BasicAckOptions::default()).await;
 }
 
-/// Publishes every stored document of `job` not yet confirmed, marking each once confirmed.
-/// Returns how many were published.
+/// Publishes every stored document not yet confirmed by the broker and created before
+/// `older_than` ago, marking them once confirmed. Returns how many were published.
 pub async fn publish_pending(
     store: &JobStore,
     publisher: &Publisher,
     older_than: Duration,
 ) -> Result<usize, String> {
-    let before = now_ms() - older_than.as_millis() as i64;
-    let documents = store.unpublished(before, 1000).await.map_err(|e| e.to_string())?;
     let mut published = 0;
-    for (job, document) in documents {
-        let message = DocumentMessage::from_record(&document);
-        publisher.publish_document(&job.model, &message).await.map_err(|e| e.to_string())?;
-        store.mark_published(&job.id, &document.custom_id).await.map_err(|e| e.to_string())?;
-        published += 1;
+    loop {
+        let before = now_ms() - older_than.as_millis() as i64;
+        let documents = store.unpublished(before, 1000).await.map_err(|e| e.to_string())?;
+        if documents.is_empty() {
+            return Ok(published);
+        }
+        // Consecutive documents of one job go together.
+        let mut start = 0;
+        while start < documents.len() {
+            let job = &documents[start].0;
+            let end = documents[start..]
+                .iter()
+                .position(|(other, _)| other.id != job.id)
+                .map_or(documents.len(), |n| start + n);
+            let group = &documents[start..end];
+            let messages: Vec<DocumentMessage> =
+                group.iter().map(|(_, document)| DocumentMessage::from_record(document)).collect();
+            publisher.publish_documents(&job.model, &messages).await.map_err(|e| e.to_string())?;
+            let seqs: Vec<i64> = group.iter().map(|(_, document)| document.seq).collect();
+            store.mark_published(&job.id, &seqs).await.map_err(|e| e.to_string())?;
+            published += group.len();
+            start = end;
+        }
     }
-    Ok(published)
 }

@@ -134,22 +134,17 @@ impl JobStore {
         if count >= job.total {
             return Ok(false);
         }
-        let inserted = insert_document(&mut tx, &job.id, count, document, now_ms()).await;
-        match inserted {
-            Ok(()) => {
-                // Published by its sender: the outbox has nothing to do for it.
-                sqlx::query(
-                    "UPDATE documents SET published = 1 WHERE job_id = $1 AND custom_id = $2",
-                )
-                .bind(&job.id)
-                .bind(&document.custom_id)
-                .execute(&mut *tx)
-                .await?;
-                tx.commit().await?;
-                Ok(true)
-            }
-            Err(_) => Ok(false),
-        }
+        // Two first sightings at once collide on (job, seq) or (job, custom_id): the loser's
+        // error sends its message back to the queue, and the retry sees the row.
+        insert_document(&mut tx, &job.id, count, document, now_ms()).await?;
+        // Published by its sender: the outbox has nothing to do for it.
+        sqlx::query("UPDATE documents SET published = 1 WHERE job_id = $1 AND custom_id = $2")
+            .bind(&job.id)
+            .bind(&document.custom_id)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(true)
     }
 
     pub async fn job(&self, id: &str) -> Result<Option<JobRecord>, StoreError> {
@@ -295,22 +290,37 @@ impl JobStore {
         .bind(limit as i64)
         .fetch_all(&self.pool)
         .await?;
+        let mut jobs: std::collections::HashMap<String, JobRecord> = Default::default();
         let mut out = Vec::with_capacity(rows.len());
         for row in &rows {
             let document = document_from_row(row)?;
-            if let Some(job) = self.job(&document.job_id).await? {
-                out.push((job, document));
+            if !jobs.contains_key(&document.job_id)
+                && let Some(job) = self.job(&document.job_id).await?
+            {
+                jobs.insert(job.id.clone(), job);
+            }
+            if let Some(job) = jobs.get(&document.job_id) {
+                out.push((job.clone(), document));
             }
         }
         Ok(out)
     }
 
-    pub async fn mark_published(&self, job: &str, custom_id: &str) -> Result<(), StoreError> {
-        sqlx::query("UPDATE documents SET published = 1 WHERE job_id = $1 AND custom_id = $2")
-            .bind(job)
-            .bind(custom_id)
-            .execute(&self.pool)
-            .await?;
+    /// Marks documents `seqs` of `job` as confirmed by the broker.
+    pub async fn mark_published(&self, job: &str, seqs: &[i64]) -> Result<(), StoreError> {
+        for chunk in seqs.chunks(500) {
+            let placeholders: Vec<String> =
+                (0..chunk.len()).map(|i| format!("${}", i + 2)).collect();
+            let sql = format!(
+                "UPDATE documents SET published = 1 WHERE job_id = $1 AND seq IN ({})",
+                placeholders.join(", ")
+            );
+            let mut query = sqlx::query(&sql).bind(job);
+            for seq in chunk {
+                query = query.bind(*seq);
+            }
+            query.execute(&self.pool).await?;
+        }
         Ok(())
     }
 

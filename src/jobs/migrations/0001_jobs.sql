@@ -33,6 +33,6 @@ CREATE TABLE documents (
     PRIMARY KEY (job_id, custom_id)
 );
 
-CREATE INDEX documents_by_seq ON documents (job_id, seq);
+CREATE UNIQUE INDEX documents_by_seq ON documents (job_id, seq);
 CREATE INDEX documents_by_state ON documents (state, published, created_ms);
 CREATE INDEX documents_by_finish ON documents (job_id, finished_ms);
