@@ -95,7 +95,7 @@ enum CliError {
     #[error("cannot start the async runtime: {0}")]
     Runtime(std::io::Error),
     #[error(transparent)]
-    Infer(#[from] crate::client::InferError),
+    Infer(#[from] crate::client::ClientError),
     #[error(transparent)]
     Jobs(#[from] crate::jobs_client::JobsCliError),
 }
@@ -107,9 +107,11 @@ impl CliError {
             CliError::Run(_) => ExitCode::from(2),
             // A model that cannot load is a settings fault found at start.
             CliError::Serve(crate::server::ServeError::Load(_)) => ExitCode::from(2),
-            CliError::Infer(crate::client::InferError::Usage(_)) => ExitCode::from(2),
+            CliError::Infer(crate::client::ClientError::Usage(_)) => ExitCode::from(2),
             CliError::Infer(_) => ExitCode::from(1),
-            CliError::Jobs(crate::jobs_client::JobsCliError::Usage(_)) => ExitCode::from(2),
+            CliError::Jobs(crate::jobs_client::JobsCliError::Client(
+                crate::client::ClientError::Usage(_),
+            )) => ExitCode::from(2),
             CliError::Jobs(_) => ExitCode::from(1),
             CliError::Serve(_) | CliError::Runtime(_) | CliError::LinesFailed { .. } => {
                 ExitCode::from(1)

@@ -52,20 +52,21 @@ pub struct InferArgs {
     pub key: Option<PathBuf>,
 }
 
+/// Why a client command failed (`lote infer`, and the job commands).
 #[derive(Debug, thiserror::Error)]
-pub enum InferError {
+pub enum ClientError {
     #[error("{0}")]
     Usage(String),
     #[error("cannot connect to {addr}: {source}")]
     Connect { addr: String, source: tonic::transport::Error },
     #[error("{:?}: {}", .0.code(), .0.message())]
     Status(#[from] tonic::Status),
-    #[error("cannot read {}: {source}", path.display())]
-    Read { path: PathBuf, source: std::io::Error },
+    #[error("{}: {source}", path.display())]
+    Io { path: PathBuf, source: std::io::Error },
 }
 
 /// Runs the call and prints its answer (or, streaming, each message) as JSON lines.
-pub async fn infer(args: &InferArgs) -> Result<(), InferError> {
+pub async fn infer(args: &InferArgs) -> Result<(), ClientError> {
     let request = request_json(args)?;
     let channel = connect(args).await?;
     let mut client = InferenceClient::new(channel)
@@ -88,7 +89,7 @@ pub async fn infer(args: &InferArgs) -> Result<(), InferError> {
                 print_json("GenerateStreamResponse", &event);
             }
         }
-        (_, true) => return Err(InferError::Usage("--stream is for text-generation".into())),
+        (_, true) => return Err(ClientError::Usage("--stream is for text-generation".into())),
         ("feature-extraction", _) => unary!(embed, pb::EmbedRequest, "EmbedRequest"),
         ("text-classification", _) => unary!(classify, pb::ClassifyRequest, "ClassifyRequest"),
         ("token-classification", _) => {
@@ -101,7 +102,7 @@ pub async fn infer(args: &InferArgs) -> Result<(), InferError> {
         ("summarization", _) => unary!(summarize, pb::SummarizeRequest, "SummarizeRequest"),
         ("text-generation", _) => unary!(generate, pb::GenerateRequest, "GenerateRequest"),
         ("tokenize", _) => unary!(tokenize, pb::TokenizeRequest, "TokenizeRequest"),
-        (other, _) => return Err(InferError::Usage(format!("unknown task `{other}`"))),
+        (other, _) => return Err(ClientError::Usage(format!("unknown task `{other}`"))),
     }
     Ok(())
 }
@@ -115,27 +116,27 @@ fn with_timeout<T>(message: T, timeout: Option<Duration>) -> tonic::Request<T> {
 }
 
 /// The request as JSON: model, inputs, and the parameters where the task's message keeps them.
-fn request_json(args: &InferArgs) -> Result<Value, InferError> {
-    let params =
-        crate::run::parse_cli_params(&args.params).map_err(|e| InferError::Usage(e.to_string()))?;
+fn request_json(args: &InferArgs) -> Result<Value, ClientError> {
+    let params = crate::run::parse_cli_params(&args.params)
+        .map_err(|e| ClientError::Usage(e.to_string()))?;
     let mut request = Map::new();
     request.insert("model".into(), json!(args.model));
     let generation = matches!(args.task.as_str(), "summarization" | "text-generation");
     if args.task == "question-answering" {
         let (Some(question), Some(context)) = (&args.question, &args.context) else {
-            return Err(InferError::Usage(
+            return Err(ClientError::Usage(
                 "question-answering needs --question and --context".into(),
             ));
         };
         request.insert("inputs".into(), json!([{ "question": question, "context": context }]));
     } else if args.stream {
         let [text] = args.texts.as_slice() else {
-            return Err(InferError::Usage("--stream takes exactly one --text".into()));
+            return Err(ClientError::Usage("--stream takes exactly one --text".into()));
         };
         request.insert("input".into(), json!(text));
     } else {
         if args.texts.is_empty() {
-            return Err(InferError::Usage("give at least one --text".into()));
+            return Err(ClientError::Usage("give at least one --text".into()));
         }
         request.insert("inputs".into(), json!(args.texts));
     }
@@ -152,15 +153,15 @@ fn descriptors() -> DescriptorPool {
 }
 
 /// JSON into the message `lote.v1.NAME`, through its descriptor.
-fn to_proto<T: Message + Default>(name: &str, json: &Value) -> Result<T, InferError> {
+fn to_proto<T: Message + Default>(name: &str, json: &Value) -> Result<T, ClientError> {
     let pool = descriptors();
     let descriptor = pool
         .get_message_by_name(&format!("lote.v1.{name}"))
         .expect("every request message is in the descriptors");
     let dynamic = DynamicMessage::deserialize(descriptor, json)
-        .map_err(|e| InferError::Usage(format!("bad parameters for {name}: {e}")))?;
+        .map_err(|e| ClientError::Usage(format!("bad parameters for {name}: {e}")))?;
     T::decode(dynamic.encode_to_vec().as_slice())
-        .map_err(|e| InferError::Usage(format!("bad parameters for {name}: {e}")))
+        .map_err(|e| ClientError::Usage(format!("bad parameters for {name}: {e}")))
 }
 
 /// Prints a message as one JSON line (proto JSON names, defaults included).
@@ -176,12 +177,12 @@ fn print_json<T: Message>(name: &str, message: &T) {
     println!();
 }
 
-async fn connect(args: &InferArgs) -> Result<Channel, InferError> {
-    let connect_error = |source| InferError::Connect { addr: args.addr.clone(), source };
+async fn connect(args: &InferArgs) -> Result<Channel, ClientError> {
+    let connect_error = |source| ClientError::Connect { addr: args.addr.clone(), source };
     let mut endpoint = Endpoint::from_shared(args.addr.clone()).map_err(connect_error)?;
     if args.ca.is_some() || args.cert.is_some() {
         let read = |path: &PathBuf| {
-            std::fs::read(path).map_err(|source| InferError::Read { path: path.clone(), source })
+            std::fs::read(path).map_err(|source| ClientError::Io { path: path.clone(), source })
         };
         let mut tls = ClientTlsConfig::new();
         if let Some(ca) = &args.ca {

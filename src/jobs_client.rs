@@ -10,7 +10,10 @@ use std::{
 use serde_json::{Map, Value};
 use tonic::transport::Channel;
 
-use crate::grpc::pb::{self, jobs_client::JobsClient};
+use crate::{
+    client::ClientError,
+    grpc::pb::{self, jobs_client::JobsClient},
+};
 
 #[derive(Debug, clap::Args)]
 pub struct Target {
@@ -74,22 +77,30 @@ pub struct ListArgs {
 
 #[derive(Debug, thiserror::Error)]
 pub enum JobsCliError {
-    #[error("{0}")]
-    Usage(String),
-    #[error("cannot connect to {addr}: {source}")]
-    Connect { addr: String, source: tonic::transport::Error },
-    #[error("{:?}: {}", .0.code(), .0.message())]
-    Status(#[from] tonic::Status),
-    #[error("{}: {source}", path.display())]
-    Io { path: PathBuf, source: std::io::Error },
+    #[error(transparent)]
+    Client(#[from] ClientError),
     #[error("job {id} ended {state}: {failed} of {total} documents failed")]
     Failed { id: String, state: String, failed: u64, total: u64 },
 }
 
+impl From<tonic::Status> for JobsCliError {
+    fn from(status: tonic::Status) -> Self {
+        Self::Client(ClientError::Status(status))
+    }
+}
+
+fn usage(message: String) -> JobsCliError {
+    JobsCliError::Client(ClientError::Usage(message))
+}
+
+fn io_error(path: &std::path::Path, source: std::io::Error) -> JobsCliError {
+    JobsCliError::Client(ClientError::Io { path: path.to_path_buf(), source })
+}
+
 async fn client(target: &Target) -> Result<JobsClient<Channel>, JobsCliError> {
-    let connect = |source| JobsCliError::Connect { addr: target.addr.clone(), source };
+    let connect = |source| ClientError::Connect { addr: target.addr.clone(), source };
     let channel = Channel::from_shared(target.addr.clone())
-        .map_err(|e| JobsCliError::Usage(e.to_string()))?
+        .map_err(|e| usage(e.to_string()))?
         .connect()
         .await
         .map_err(connect)?;
@@ -98,7 +109,7 @@ async fn client(target: &Target) -> Result<JobsClient<Channel>, JobsCliError> {
 
 /// The documents of a JSONL file.
 fn read_documents(path: &PathBuf) -> Result<Vec<pb::JobDocument>, JobsCliError> {
-    let io = |source| JobsCliError::Io { path: path.clone(), source };
+    let io = |source| io_error(path, source);
     let file = std::fs::File::open(path).map_err(io)?;
     let mut documents = Vec::new();
     for (index, line) in std::io::BufReader::new(file).lines().enumerate() {
@@ -106,8 +117,7 @@ fn read_documents(path: &PathBuf) -> Result<Vec<pb::JobDocument>, JobsCliError> 
         if line.trim().is_empty() {
             continue;
         }
-        let bad =
-            |why: String| JobsCliError::Usage(format!("{}:{}: {why}", path.display(), index + 1));
+        let bad = |why: String| usage(format!("{}:{}: {why}", path.display(), index + 1));
         let value: Map<String, Value> =
             serde_json::from_str(&line).map_err(|e| bad(e.to_string()))?;
         let text =
@@ -136,8 +146,7 @@ fn print_job(job: &pb::Job) {
 }
 
 pub async fn submit(args: &SubmitArgs) -> Result<(), JobsCliError> {
-    let params = crate::run::parse_cli_params(&args.params)
-        .map_err(|e| JobsCliError::Usage(e.to_string()))?;
+    let params = crate::run::parse_cli_params(&args.params).map_err(|e| usage(e.to_string()))?;
     let documents = match &args.input {
         Some(input) => read_documents(input)?,
         None => Vec::new(),
@@ -245,7 +254,7 @@ pub async fn results(args: &ResultsArgs) -> Result<(), JobsCliError> {
     let request = pb::GetResultsRequest { id: args.job.clone(), after: -1, from_start: true };
     let mut stream = client.get_results(request).await?.into_inner();
     let path = args.output.clone().unwrap_or_else(|| PathBuf::from("-"));
-    let io = |source| JobsCliError::Io { path: path.clone(), source };
+    let io = |source| io_error(&path, source);
     let mut out: Box<dyn Write> = match &args.output {
         Some(path) => Box::new(std::io::BufWriter::new(std::fs::File::create(path).map_err(io)?)),
         None => Box::new(std::io::stdout().lock()),

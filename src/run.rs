@@ -19,8 +19,6 @@ use crate::{
     engine::{
         call::EngineError,
         cpu_pool::CpuPool,
-        encoder::EncoderService,
-        generation::GenerationService,
         policy::{Lane, Policy},
         registry::{self, Loaded, ServedModel},
     },
@@ -169,34 +167,21 @@ impl Runner {
             .map_err(|source| RunError::Io { path: request.model.to_path_buf(), source })?;
         let pool = CpuPool::for_this_machine();
         let policy = request.policy;
-        let (served, stats) = runtime.block_on(async move {
-            match loaded {
-                Loaded::Encoder(pipeline) => {
-                    let stats = pipeline.stats();
-                    let service = EncoderService::start("run", *pipeline, policy, pool, None);
-                    (ServedModel::Encoder(service), stats)
-                }
-                Loaded::Generation(pipeline) => {
-                    let service = GenerationService::start("run", *pipeline, policy, pool, None);
-                    (ServedModel::Generation(service), None)
-                }
-            }
-        });
+        let stats = match &loaded {
+            Loaded::Encoder(pipeline) => pipeline.stats(),
+            Loaded::Generation(_) => None,
+        };
+        let served =
+            runtime.block_on(async move { ServedModel::start("run", loaded, policy, pool, None) });
         Ok(Self { served, stats, runtime })
     }
 
     fn task(&self) -> Task {
-        match &self.served {
-            ServedModel::Encoder(e) => e.pipeline().task,
-            ServedModel::Generation(g) => g.pipeline().task,
-        }
+        self.served.task()
     }
 
     fn identity(&self) -> &ModelIdentity {
-        match &self.served {
-            ServedModel::Encoder(e) => &e.pipeline().identity,
-            ServedModel::Generation(g) => &g.pipeline().identity,
-        }
+        self.served.identity()
     }
 
     fn parse_params(&self, params: &Value) -> Result<LineParams, TaskError> {

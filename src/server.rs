@@ -143,34 +143,28 @@ impl Server {
                 .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
                 .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         };
-        let worker = WorkerServer::new(WorkerService::new(&self.placement))
-            .max_decoding_message_size(limits.max_message_bytes)
-            .max_encoding_message_size(limits.max_message_bytes)
-            .accept_compressed(CompressionEncoding::Gzip)
-            .send_compressed(CompressionEncoding::Gzip);
+        // Every lote service: the message size limit both ways, gzip accepted and sent.
+        macro_rules! limited {
+            ($server:expr) => {
+                $server
+                    .max_decoding_message_size(limits.max_message_bytes)
+                    .max_encoding_message_size(limits.max_message_bytes)
+                    .accept_compressed(CompressionEncoding::Gzip)
+                    .send_compressed(CompressionEncoding::Gzip)
+            };
+        }
+        let worker = limited!(WorkerServer::new(WorkerService::new(&self.placement)));
         let registry = Arc::new(Registry::new(&self.settings.models, self.placement));
         let pool = CpuPool::for_this_machine();
-        let inference = InferenceServer::new(InferenceService::new(
+        let inference = limited!(InferenceServer::new(InferenceService::new(
             registry.clone(),
             limits.clone(),
             pool.clone(),
-        ))
-        .max_decoding_message_size(limits.max_message_bytes)
-        .max_encoding_message_size(limits.max_message_bytes)
-        .accept_compressed(CompressionEncoding::Gzip)
-        .send_compressed(CompressionEncoding::Gzip);
-        let models = ModelsServer::new(ModelsService::new(registry.clone()))
-            .max_decoding_message_size(limits.max_message_bytes)
-            .max_encoding_message_size(limits.max_message_bytes)
-            .accept_compressed(CompressionEncoding::Gzip)
-            .send_compressed(CompressionEncoding::Gzip);
+        )));
+        let models = limited!(ModelsServer::new(ModelsService::new(registry.clone())));
         let (jobs, consumers) =
             crate::jobs::runtime::prepare(&self.settings, self.store.clone(), registry.clone());
-        let jobs = JobsServer::new(JobsService::new(jobs, limits.max_documents_per_job))
-            .max_decoding_message_size(limits.max_message_bytes)
-            .max_encoding_message_size(limits.max_message_bytes)
-            .accept_compressed(CompressionEncoding::Gzip)
-            .send_compressed(CompressionEncoding::Gzip);
+        let jobs = limited!(JobsServer::new(JobsService::new(jobs, limits.max_documents_per_job)));
 
         // `stopping` turns true once the drain is over and the server stops accepting calls.
         let (stopping_tx, mut stopping) = watch::channel(false);

@@ -13,7 +13,12 @@ use crate::{
     device::Placement,
     run::RunError,
     settings::{ModelSettings, Task},
-    tasks::{EncoderPipeline, generate::GenerationPipeline, pipeline::BatchBudget},
+    tasks::{
+        EncoderPipeline,
+        generate::GenerationPipeline,
+        pipeline::{BatchBudget, ModelIdentity},
+    },
+    tokenize::TextTokenizer,
 };
 
 /// The grpc.health.v1 service name of one model: `lote.model.NAME`.
@@ -26,6 +31,56 @@ pub fn health_name(model: &str) -> String {
 pub enum ServedModel {
     Encoder(EncoderService),
     Generation(GenerationService),
+}
+
+impl ServedModel {
+    /// Starts the engine threads of a loaded model (on the current tokio runtime).
+    pub fn start(
+        name: &str,
+        loaded: Loaded,
+        policy: Policy,
+        pool: CpuPool,
+        max_input_tokens: Option<usize>,
+    ) -> Self {
+        match loaded {
+            Loaded::Encoder(pipeline) => ServedModel::Encoder(EncoderService::start(
+                name,
+                *pipeline,
+                policy,
+                pool,
+                max_input_tokens,
+            )),
+            Loaded::Generation(pipeline) => ServedModel::Generation(GenerationService::start(
+                name,
+                *pipeline,
+                policy,
+                pool,
+                max_input_tokens,
+            )),
+        }
+    }
+
+    /// The model directory's name and weights hash.
+    pub fn identity(&self) -> &ModelIdentity {
+        match self {
+            ServedModel::Encoder(s) => &s.pipeline().identity,
+            ServedModel::Generation(s) => &s.pipeline().identity,
+        }
+    }
+
+    pub fn tokenizer(&self) -> &TextTokenizer {
+        match self {
+            ServedModel::Encoder(s) => &s.pipeline().tokenizer,
+            ServedModel::Generation(s) => &s.pipeline().tokenizer,
+        }
+    }
+
+    pub fn task(&self) -> Task {
+        match self {
+            ServedModel::Encoder(s) => s.pipeline().task,
+            ServedModel::Generation(s) => s.pipeline().task,
+        }
+    }
 }
 
 /// What `lote.v1.Models` reports of a model.
@@ -99,32 +154,16 @@ impl Registry {
                     .map_err(|e| error(RunError::Join(e.to_string())))?
                     .map_err(error)?
             };
-            let served = match loaded {
-                Loaded::Encoder(pipeline) => {
-                    let max = pipeline.tokenizer.max_length;
-                    let sha = pipeline.identity.sha256.clone();
-                    let service = EncoderService::start(
-                        &settings.name,
-                        *pipeline,
-                        policy,
-                        pool.clone(),
-                        Some(max_input_tokens),
-                    );
-                    (ServedModel::Encoder(service), max, sha)
-                }
-                Loaded::Generation(pipeline) => {
-                    let max = pipeline.tokenizer.max_length;
-                    let sha = pipeline.identity.sha256.clone();
-                    let service = GenerationService::start(
-                        &settings.name,
-                        *pipeline,
-                        policy,
-                        pool.clone(),
-                        Some(max_input_tokens),
-                    );
-                    (ServedModel::Generation(service), max, sha)
-                }
-            };
+            let service = ServedModel::start(
+                &settings.name,
+                loaded,
+                policy,
+                pool.clone(),
+                Some(max_input_tokens),
+            );
+            let max = service.tokenizer().max_length;
+            let sha = service.identity().sha256.clone();
+            let served = (service, max, sha);
             let _ = slot.loaded.set(served);
             health
                 .set_service_status(

@@ -561,14 +561,8 @@ impl pb::inference_server::Inference for InferenceService {
         let (metadata_map, _, r) = request.into_parts();
         self.call("Tokenize", &metadata_map, |_| async move {
             self.check_inputs(r.inputs.len())?;
-            let (tokenizer, sha) = match self.registry.get(&r.model)? {
-                ServedModel::Encoder(s) => {
-                    (s.pipeline().tokenizer.clone(), s.pipeline().identity.sha256.clone())
-                }
-                ServedModel::Generation(s) => {
-                    (s.pipeline().tokenizer.clone(), s.pipeline().identity.sha256.clone())
-                }
-            };
+            let served = self.registry.get(&r.model)?;
+            let (tokenizer, sha) = (served.tokenizer().clone(), served.identity().sha256.clone());
             let special = r.add_special_tokens.unwrap_or(true);
             let started = Instant::now();
             let inputs = r.inputs;

@@ -187,11 +187,7 @@ impl Executor for EngineExecutor {
                 )
             }
         };
-        let identity = match served {
-            ServedModel::Encoder(s) => json!(s.pipeline().identity),
-            ServedModel::Generation(s) => json!(s.pipeline().identity),
-        };
-        fields.insert("model".into(), identity);
+        fields.insert("model".into(), json!(served.identity()));
         fields.insert("params".into(), params.clone());
         Ok(Value::Object(fields))
     }
