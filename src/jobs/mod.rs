@@ -14,76 +14,33 @@ pub mod store;
 pub mod wire;
 pub mod worker;
 
-use std::{fmt, str::FromStr};
-
 use serde_json::Value;
 
 use crate::settings::Task;
 
-/// Where a job is in its life.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum JobState {
-    Queued,
-    Running,
-    Completed,
-    /// Every document failed.
-    Failed,
-    Cancelling,
-    Cancelled,
+crate::settings::named_values! {
+    /// Where a job is in its life.
+    JobState {
+        Queued = "queued",
+        Running = "running",
+        Completed = "completed",
+        /// Every document failed.
+        Failed = "failed",
+        Cancelling = "cancelling",
+        Cancelled = "cancelled",
+    }
 }
 
-/// Where a document is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum DocumentState {
-    Pending,
-    Succeeded,
-    Failed,
-    /// Its job was cancelled before it was computed.
-    Cancelled,
+crate::settings::named_values! {
+    /// Where a document is.
+    DocumentState {
+        Pending = "pending",
+        Succeeded = "succeeded",
+        Failed = "failed",
+        /// Its job was cancelled before it was computed.
+        Cancelled = "cancelled",
+    }
 }
-
-macro_rules! text_enum {
-    ($name:ident { $($variant:ident = $text:literal),+ $(,)? }) => {
-        impl $name {
-            pub fn as_str(&self) -> &'static str {
-                match self { $($name::$variant => $text),+ }
-            }
-        }
-
-        impl fmt::Display for $name {
-            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str(self.as_str())
-            }
-        }
-
-        impl FromStr for $name {
-            type Err = String;
-
-            fn from_str(s: &str) -> Result<Self, String> {
-                match s {
-                    $($text => Ok($name::$variant),)+
-                    other => Err(format!("`{other}` is not a {}", stringify!($name))),
-                }
-            }
-        }
-    };
-}
-
-text_enum!(JobState {
-    Queued = "queued",
-    Running = "running",
-    Completed = "completed",
-    Failed = "failed",
-    Cancelling = "cancelling",
-    Cancelled = "cancelled",
-});
-
-text_enum!(DocumentState {
-    Pending = "pending",
-    Succeeded = "succeeded",
-    Failed = "failed",
-    Cancelled = "cancelled",
-});
 
 impl JobState {
     /// Whether the job has ended (no document will be computed any more).
