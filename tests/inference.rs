@@ -416,6 +416,14 @@ async fn models_report_their_state_and_every_task_answers() {
     let missing = models.get_model(pb::GetModelRequest { name: "nada".into() }).await;
     assert_eq!(missing.unwrap_err().code(), Code::NotFound);
 
+    // gzip both ways.
+    let mut zipped = client(&server)
+        .await
+        .send_compressed(tonic::codec::CompressionEncoding::Gzip)
+        .accept_compressed(tonic::codec::CompressionEncoding::Gzip);
+    let embedded = zipped.embed(embed_request("embed", &["comprimido com gzip"])).await.unwrap();
+    assert_eq!(embedded.into_inner().embeddings.len(), 1);
+
     let mut client = client(&server).await;
     let labels = client
         .classify(pb::ClassifyRequest {

@@ -306,3 +306,47 @@ impl DocumentHandler {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_model_failure_is_retried_alone_before_it_is_final() {
+        let crash = || EngineError::Model("the model panicked".into());
+        assert!(matches!(failure(crash(), false), Failure::Transient(_)));
+        assert!(matches!(failure(crash(), true), Failure::Permanent(_)));
+        let oom = || TaskError::OutOfMemory("CUDA out of memory".into());
+        assert!(matches!(task_failure(oom(), false), Failure::Transient(_)));
+        assert!(matches!(task_failure(oom(), true), Failure::Permanent(_)));
+    }
+
+    #[test]
+    fn busy_or_stopping_engines_requeue_and_bad_input_does_not() {
+        for busy in [
+            EngineError::Overloaded { queued: 9 },
+            EngineError::Unavailable("stopping".into()),
+            EngineError::Loading("m".into()),
+            EngineError::DeadlineExceeded,
+        ] {
+            assert!(matches!(failure(busy, true), Failure::Transient(_)));
+        }
+        let invalid = TaskError::Invalid("bad params: unknown field `x`".into());
+        assert_eq!(
+            task_failure(invalid, false),
+            Failure::Permanent("bad params: unknown field `x`".into())
+        );
+        assert_eq!(
+            task_input(Task::QuestionAnswering, &json!({"text": "x"})),
+            Err("question-answering needs `question` and `context`".into())
+        );
+    }
+
+    #[test]
+    fn a_document_s_params_override_the_job_s() {
+        let merged =
+            merged_params(&json!({"top_k": 1, "truncation": true}), Some(&json!({"top_k": 3})));
+        assert_eq!(merged, json!({"top_k": 3, "truncation": true}));
+        assert_eq!(merged_params(&json!({}), None), json!({}));
+    }
+}
