@@ -184,9 +184,11 @@ fn serve(settings: Settings) -> Result<(), CliError> {
         .build()
         .map_err(CliError::Runtime)?;
     runtime.block_on(async {
+        // Before anything is served, so that an early signal is a clean shutdown too.
+        let signals = shutdown::Signals::install().map_err(CliError::Runtime)?;
         let server = Server::bind(settings).await?;
         let shutdown = async {
-            let signal = shutdown::signal_received().await;
+            let signal = signals.received().await;
             info!(signal, "signal received");
         };
         server.serve(shutdown).await?;

@@ -48,7 +48,12 @@ pub async fn run(
         let busy = in_flight.lock().unwrap_or_else(|p| p.into_inner()).len();
         let free = concurrency.saturating_sub(busy);
         if free > 0 {
-            match store.pending_documents(busy + free).await {
+            // A slow store must not hold up a stop.
+            let pending = tokio::select! {
+                _ = &mut stop => break,
+                pending = store.pending_documents(busy + free) => pending,
+            };
+            match pending {
                 Ok(documents) => {
                     for document in documents {
                         let key = (document.job_id.clone(), document.custom_id.clone());

@@ -50,8 +50,7 @@ impl JobStore {
             .after_connect(move |connection, _| {
                 Box::pin(async move {
                     if sqlite {
-                        // Readers do not wait for the writer; a writer waits for another.
-                        sqlx::query("PRAGMA journal_mode = WAL").execute(&mut *connection).await?;
+                        // A writer waits for another instead of failing at once.
                         sqlx::query("PRAGMA busy_timeout = 10000")
                             .execute(&mut *connection)
                             .await?;
@@ -61,6 +60,10 @@ impl JobStore {
             })
             .connect(&url)
             .await?;
+        if sqlite {
+            // Readers do not wait for the writer. Set once: the mode is kept in the file.
+            sqlx::query("PRAGMA journal_mode = WAL").execute(&pool).await?;
+        }
         sqlx::migrate!("src/jobs/migrations").run(&pool).await?;
         Ok(Self { pool })
     }
