@@ -321,3 +321,26 @@ async fn poison_and_malformed_messages_end_in_the_dead_letter_queue_with_reasons
     consuming.await.unwrap();
     broker::delete_queues(&prefix, &["stand"]).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_consumer_cancelled_by_the_broker_subscribes_again() {
+    let model = ModelSettings {
+        name: "m".into(),
+        task: Task::FeatureExtraction,
+        path: fixture_model("bert-embed-mean"),
+    };
+    let (server, prefix) = amqp_server(model).await;
+    // Deleting the queue cancels the worker's consumer on it (a broker-side cancel).
+    let queue = format!("{prefix}.documents.m");
+    let connection = broker::connect().await;
+    let channel = connection.create_channel().await.unwrap();
+    channel.queue_delete(queue.as_str().into(), Default::default()).await.unwrap();
+    let _ = connection.close(200, "done".into()).await;
+    broker::wait_for_consumer(&queue).await;
+    let mut client = jobs_client(server.grpc_addr).await;
+    let request = submission("m", "feature-extraction", "", text_documents(5, phrase));
+    let job = client.submit_job(request).await.unwrap().into_inner();
+    let (done, _) = watch_to_end(&mut client, &job.id).await;
+    assert_eq!((done.state.as_str(), done.succeeded), ("completed", 5));
+    broker::delete_queues(&prefix, &["m"]).await;
+}

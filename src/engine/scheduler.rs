@@ -140,8 +140,6 @@ struct Group {
     start_len: usize,
     enqueued: Instant,
     joined: Instant,
-    /// Whether it has streamed any token (a restart would repeat them).
-    streamed: bool,
 }
 
 struct Worker<'m, M: StepModel> {
@@ -397,7 +395,6 @@ impl<'m, M: StepModel> Worker<'m, M> {
                         start_len,
                         enqueued,
                         joined: started,
-                        streamed: false,
                     };
                     match group.take(advance, offset) {
                         Some(rows_kept) => {
@@ -494,11 +491,11 @@ impl<'m, M: StepModel> Worker<'m, M> {
         }
     }
 
-    /// After a failed step: out of memory lowers the budget and queues the requests again
-    /// (one that was alone fails alone, as does one that already streamed tokens); any other
-    /// failure fails them all.
+    /// After a failed step (a decode step of the running batch, whose state is then gone, or a
+    /// prefill of joiners, which leaves the running batch as it was): out of memory lowers the
+    /// budget and queues the requests again (one that was alone fails alone, as does a stream,
+    /// whose tokens a restart would repeat); any other failure fails them all.
     fn recover(&mut self, failure: StepFailure, requests: Vec<Entry<GenerationRequest>>) {
-        self.step = None;
         match failure {
             StepFailure::OutOfMemory(message) => {
                 metrics::counter!("lote_out_of_memory_total").increment(1);
@@ -603,7 +600,6 @@ impl Group {
         if let Some(tokens) = &self.request.tokens {
             for (_, token) in advance.emitted.iter().filter(|(row, _)| *row == 0) {
                 let _ = tokens.send(*token);
-                self.streamed = true;
             }
         }
         let feed = advance.feed?;
@@ -676,6 +672,9 @@ mod tests {
         fn step(&mut self, tokens: &Tensor) -> Tensor {
             let (rows, n) = tokens.size2().unwrap();
             assert_eq!(rows, self.origin.size()[0], "the state follows the rows");
+            if Vec::<i64>::try_from(tokens.view(-1)).unwrap().contains(&99) {
+                panic!("token 99 breaks this model");
+            }
             self.steps.lock().unwrap().push(rows);
             std::thread::sleep(self.pause);
             let next = (tokens.select(1, n - 1) + 1).remainder(50);
@@ -790,5 +789,29 @@ mod tests {
             }
         }
         assert!(refused >= 4, "at most one running and two queued: {refused} refused");
+    }
+
+    #[tokio::test]
+    async fn a_joiner_that_breaks_the_model_fails_alone_and_the_batch_goes_on() {
+        let steps = Arc::new(Mutex::new(Vec::new()));
+        let counter = Counter { steps, pause: Duration::from_millis(1) };
+        let scheduler = Scheduler::start("counter", counter, policy());
+        let (mut long, long_answer) = request(1, 100);
+        let (tokens, mut streamed) = tokio_mpsc::unbounded_channel();
+        long.tokens = Some(tokens);
+        scheduler.submit(long).unwrap();
+        assert_eq!(streamed.recv().await, Some(2));
+        let (broken, broken_answer) = request(99, 3);
+        scheduler.submit(broken).unwrap();
+        let failed = broken_answer.await.unwrap();
+        assert!(
+            matches!(&failed, Err(BatchError::Model(m)) if m.contains("token 99")),
+            "{failed:?}"
+        );
+        let long = long_answer.await.unwrap().unwrap();
+        assert_eq!(long.sequences[0].len(), 100, "the running batch was not disturbed");
+        let (after, answer) = request(10, 2);
+        scheduler.submit(after).unwrap();
+        assert_eq!(answer.await.unwrap().unwrap().sequences, vec![vec![11, 12]]);
     }
 }

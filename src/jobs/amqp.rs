@@ -344,7 +344,10 @@ impl Session<'_> {
                     FieldTable::default(),
                 )
                 .await?;
-            streams.push(consumer.map(move |delivery| (delivery, accounting)).boxed());
+            // Each consumer ends with None, so that one cancelled by the broker is noticed even
+            // while the others go on.
+            let ended = futures::stream::once(async { None });
+            streams.push(consumer.map(Some).chain(ended).map(move |d| (d, accounting)).boxed());
         }
         let _ = self.connected.send(true);
         tracing::info!(
@@ -356,7 +359,7 @@ impl Session<'_> {
         loop {
             tokio::select! {
                 next = streams.next() => match next {
-                    Some((Ok(delivery), accounting)) => {
+                    Some((Some(Ok(delivery)), accounting)) => {
                         let (handler, publisher) = (self.handler.clone(), self.publisher.clone());
                         tasks.spawn(async move {
                             if accounting {
@@ -366,9 +369,9 @@ impl Session<'_> {
                             }
                         });
                     }
-                    Some((Err(error), _)) => return Err(error.into()),
+                    Some((Some(Err(error)), _)) => return Err(error.into()),
                     // A consumer was cancelled (queue deleted, broker-side cancel): start over.
-                    None => return Err(AmqpError::Disconnected),
+                    Some((None, _)) | None => return Err(AmqpError::Disconnected),
                 },
                 Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
                 _ = stopped(stop) => {
