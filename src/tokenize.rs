@@ -73,7 +73,8 @@ type TruncationKey = (usize, usize, bool);
 /// A model's tokenizer and the facts about it the tasks need.
 #[derive(Clone)]
 pub struct TextTokenizer {
-    inner: Tokenizer,
+    /// Shared: a clone of this struct (one per call, per stream) must not copy the vocabulary.
+    inner: Arc<Tokenizer>,
     /// Copies of `inner` with truncation set, made once per setting: cloning a tokenizer
     /// copies its whole vocabulary, too slow to do per input.
     truncating: Arc<Mutex<HashMap<TruncationKey, Arc<Tokenizer>>>>,
@@ -125,7 +126,7 @@ impl TextTokenizer {
             (None, None) => 512,
         };
         Ok(Self {
-            inner,
+            inner: Arc::new(inner),
             truncating: Arc::default(),
             max_length,
             pad_id,
@@ -226,7 +227,7 @@ impl TextTokenizer {
                 std::collections::hash_map::Entry::Occupied(copy) => copy.get().clone(),
                 std::collections::hash_map::Entry::Vacant(slot) => {
                     let (max_length, stride, only_second) = key;
-                    let mut tokenizer = self.inner.clone();
+                    let mut tokenizer = Tokenizer::clone(&self.inner);
                     tokenizer
                         .with_truncation(Some(TruncationParams {
                             direction: TruncationDirection::Right,
