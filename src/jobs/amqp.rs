@@ -404,18 +404,17 @@ async fn process(handler: &DocumentHandler, publisher: &Publisher, delivery: Del
         // The channel is gone: the broker redelivers the message, which finds its result.
         tracing::info!(%error, "could not settle a delivery");
     }
-    if let Some((job, custom_id)) = handled.finished
-        && let Ok(Some(document)) = handler.store.document(&job.id, &custom_id).await
-    {
+    if let Some(document) = handled.finished {
         let event = serde_json::json!({
-            "job_id": job.id,
+            "job_id": document.job_id,
             "custom_id": document.custom_id,
             "seq": document.seq,
             "state": document.state.as_str(),
             "result": document.result,
             "error": document.error,
         });
-        if let Err(error) = publisher.publish_result(&job.id, event.to_string().as_bytes()).await {
+        let job = &document.job_id;
+        if let Err(error) = publisher.publish_result(job, event.to_string().as_bytes()).await {
             tracing::info!(%error, "result event not published");
         }
     }

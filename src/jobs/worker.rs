@@ -17,7 +17,7 @@ use std::sync::Arc;
 use serde_json::{Map, Value, json};
 
 use super::{
-    DocumentState, JobRecord, JobState, NewDocument,
+    DocumentRecord, DocumentState, JobRecord, JobState, NewDocument,
     store::{JobStore, StoreError},
     wire::{DocumentMessage, WireError},
 };
@@ -213,8 +213,9 @@ pub struct DocumentHandler {
 #[derive(Debug)]
 pub struct Handled {
     pub settle: Settle,
-    /// The job and document, when the message named a known one.
-    pub finished: Option<(JobRecord, String)>,
+    /// The document as this call committed it (None when nothing was committed here: a
+    /// redelivery whose result another delivery wrote first announces nothing twice).
+    pub finished: Option<DocumentRecord>,
 }
 
 impl DocumentHandler {
@@ -284,10 +285,17 @@ impl DocumentHandler {
                 return Ok(settle(Settle::Requeue));
             }
         };
-        self.store.finish_document(&job.id, &document.custom_id, &stored).await?;
+        let written = self.store.finish_document(&job.id, &document.custom_id, &stored).await?;
         let outcome = if stored.is_ok() { "succeeded" } else { "failed" };
         metrics::counter!("lote_job_documents_total", "outcome" => outcome).increment(1);
-        Ok(Handled { settle: settle_as, finished: Some((job, document.custom_id)) })
+        let finished = written.then(|| {
+            let (state, result, error) = match stored {
+                Ok(fields) => (DocumentState::Succeeded, Some(fields), None),
+                Err(reason) => (DocumentState::Failed, None, Some(reason)),
+            };
+            DocumentRecord { state, result, error, ..document }
+        });
+        Ok(Handled { settle: settle_as, finished })
     }
 
     /// A message the broker dead-lettered (rejected here, or past the delivery limit): its
