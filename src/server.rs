@@ -123,6 +123,9 @@ impl Server {
         let metrics_addr = self.metrics_addr().map(|addr| addr.to_string());
         let server = &self.settings.server;
         let limits = &server.limits;
+        // Install the recorder before anything records: the engine threads register their
+        // metric handles once, when their models load.
+        crate::metrics::handle();
         let (reporter, health) = tonic_health::server::health_reporter();
         // Serving once every model is ready; the model-less services answer from the start.
         let ready = if self.settings.models.is_empty() {
@@ -207,8 +210,6 @@ impl Server {
             let _ = stopping_tx.send(true);
         };
 
-        // Install the recorder before recording: the endpoint's task may not have run yet.
-        crate::metrics::handle();
         metrics::gauge!(
             "lote_build_info",
             "version" => env!("CARGO_PKG_VERSION"),

@@ -142,9 +142,34 @@ struct Group {
     joined: Instant,
 }
 
+/// The scheduler's metrics, registered once (the decode loop records them every step).
+struct Meters {
+    queue_depth: metrics::Gauge,
+    running_rows: metrics::Gauge,
+    prefill_size: metrics::Histogram,
+    decode_rows: metrics::Histogram,
+    decode_seconds: metrics::Histogram,
+}
+
+impl Meters {
+    fn new(model: &str) -> Self {
+        let label = || ("model", model.to_string());
+        Self {
+            queue_depth: metrics::gauge!("lote_queue_depth", &[label()]),
+            running_rows: metrics::gauge!("lote_running_rows", &[label()]),
+            prefill_size: metrics::histogram!("lote_batch_size", &[label()]),
+            decode_rows: metrics::histogram!("lote_decode_rows", &[label()]),
+            decode_seconds: metrics::histogram!(
+                "lote_stage_seconds",
+                &[label(), ("stage", "decode_step".to_string())]
+            ),
+        }
+    }
+}
+
 struct Worker<'m, M: StepModel> {
     model: &'m M,
-    name: String,
+    meters: Meters,
     queue: BatchQueue<GenerationRequest>,
     /// Seeded requests: each runs alone.
     seeded: std::collections::VecDeque<Entry<GenerationRequest>>,
@@ -186,7 +211,7 @@ impl<'m, M: StepModel> Worker<'m, M> {
     ) -> Self {
         Self {
             model,
-            name,
+            meters: Meters::new(&name),
             queue: BatchQueue::new(policy),
             seeded: Default::default(),
             max_queued: policy.max_queued,
@@ -209,10 +234,8 @@ impl<'m, M: StepModel> Worker<'m, M> {
             if !self.groups.is_empty() {
                 self.decode();
             }
-            metrics::gauge!("lote_queue_depth", "model" => self.name.clone())
-                .set((self.queue.len() + self.seeded.len()) as f64);
-            metrics::gauge!("lote_running_rows", "model" => self.name.clone())
-                .set(self.rows() as f64);
+            self.meters.queue_depth.set((self.queue.len() + self.seeded.len()) as f64);
+            self.meters.running_rows.set(self.rows() as f64);
         }
     }
 
@@ -370,8 +393,7 @@ impl<'m, M: StepModel> Worker<'m, M> {
         if joiners.is_empty() {
             return;
         }
-        metrics::histogram!("lote_batch_size", "model" => self.name.clone())
-            .record(joiners.len() as f64);
+        self.meters.prefill_size.record(joiners.len() as f64);
         let started = Instant::now();
         let joiners: Vec<(GenerationRequest, Instant)> =
             joiners.into_iter().map(|e| (e.item, e.enqueued)).collect();
@@ -440,12 +462,10 @@ impl<'m, M: StepModel> Worker<'m, M> {
         let feed =
             Tensor::cat(&self.groups.iter().map(|g| g.feed.shallow_clone()).collect::<Vec<_>>(), 0);
         let Some(step) = self.step.as_mut() else { return };
-        metrics::histogram!("lote_decode_rows", "model" => self.name.clone())
-            .record(feed.size()[0] as f64);
+        self.meters.decode_rows.record(feed.size()[0] as f64);
         let started = Instant::now();
         let result = guarded(|| step.step(&feed));
-        metrics::histogram!("lote_stage_seconds", "model" => self.name.clone(), "stage" => "decode_step")
-            .record(started.elapsed().as_secs_f64());
+        self.meters.decode_seconds.record(started.elapsed().as_secs_f64());
         let logits = match result {
             Ok(logits) => logits,
             Err(failure) => {
@@ -474,7 +494,8 @@ impl<'m, M: StepModel> Worker<'m, M> {
             let rows = group.search.rows();
             let stop = group.request.stop.clone();
             let stop_ref = stop.as_deref().map(|f| f as &dyn Fn(&[i64]) -> bool);
-            let advance = group.search.advance(logits.narrow(0, offset, rows), stop_ref);
+            let streamed = group.request.tokens.is_some();
+            let advance = group.search.advance(logits.narrow(0, offset, rows), stop_ref, streamed);
             changed |= advance.reorder.is_some() || advance.feed.is_none();
             match group.take(advance, offset) {
                 Some(rows_kept) => {
@@ -585,7 +606,8 @@ fn prefill<'m, M: StepModel>(
         let rows = search.rows();
         let stop: Option<StopCheck<'_>> =
             request.stop.as_deref().map(|f| f as &dyn Fn(&[i64]) -> bool);
-        let advance = search.advance(logits.narrow(0, offset, rows), stop);
+        let advance =
+            search.advance(logits.narrow(0, offset, rows), stop, request.tokens.is_some());
         offset += rows;
         out.push((search, advance, start_len));
     }

@@ -54,7 +54,7 @@ pub fn generate(
         None => start.shallow_clone(),
     };
     loop {
-        let advance = search.advance(step.step(&feed), stop);
+        let advance = search.advance(step.step(&feed), stop, on_token.is_some());
         if let Some(callback) = on_token.as_deref_mut() {
             for (row, token) in advance.emitted.iter().copied() {
                 callback(row, token);
@@ -127,10 +127,12 @@ impl Search {
         }
     }
 
-    /// Takes this step's logits `[rows, vocab]` for this search's rows.
-    pub fn advance(&mut self, logits: Tensor, stop: Option<StopCheck<'_>>) -> Advance {
+    /// Takes this step's logits `[rows, vocab]` for this search's rows. `emit`: report the
+    /// tokens chosen (someone streams them; reading them back costs a device sync).
+    pub fn advance(&mut self, logits: Tensor, stop: Option<StopCheck<'_>>, emit: bool) -> Advance {
         match self {
-            Search::Sample(s) => s.advance(logits, stop),
+            Search::Sample(s) => s.advance(logits, stop, emit),
+            // Beams are not streamed.
             Search::Beam(b) => b.advance(logits, stop),
         }
     }
@@ -193,7 +195,7 @@ impl SampleSearch {
         }
     }
 
-    fn advance(&mut self, logits: Tensor, stop: Option<StopCheck<'_>>) -> Advance {
+    fn advance(&mut self, logits: Tensor, stop: Option<StopCheck<'_>>, emit: bool) -> Advance {
         let device = self.ids.device();
         let rows = self.ids.size()[0];
         let scores = self.processors.apply(&self.ids, logits);
@@ -206,15 +208,7 @@ impl SampleSearch {
             Some(_) => &next * &self.unfinished + (1 - &self.unfinished) * self.pad,
             None => next,
         };
-        let tokens = Vec::<i64>::try_from(next.to_device(Device::Cpu)).unwrap_or_default();
-        let live = Vec::<i64>::try_from(self.unfinished.to_device(Device::Cpu)).unwrap_or_default();
-        let emitted = tokens
-            .into_iter()
-            .zip(live)
-            .enumerate()
-            .filter(|(_, (_, live))| *live == 1)
-            .map(|(row, (token, _))| (row, token))
-            .collect();
+        let emitted = if emit { self.live_tokens(&next) } else { Vec::new() };
         self.ids = Tensor::cat(&[&self.ids, &next.unsqueeze(1)], 1);
         let mut done = Tensor::zeros([rows], (Kind::Bool, device));
         if self.ids.size()[1] as usize >= self.max_length {
@@ -229,6 +223,21 @@ impl SampleSearch {
         self.unfinished *= done.logical_not().to_kind(Kind::Int64);
         let over = self.unfinished.max().int64_value(&[]) == 0;
         Advance { feed: (!over).then(|| next.unsqueeze(1)), reorder: None, emitted }
+    }
+}
+
+impl SampleSearch {
+    /// (row, token) of each row still running.
+    fn live_tokens(&self, next: &Tensor) -> Vec<(usize, i64)> {
+        let tokens = Vec::<i64>::try_from(next.to_device(Device::Cpu)).unwrap_or_default();
+        let live = Vec::<i64>::try_from(self.unfinished.to_device(Device::Cpu)).unwrap_or_default();
+        tokens
+            .into_iter()
+            .zip(live)
+            .enumerate()
+            .filter(|(_, (_, live))| *live == 1)
+            .map(|(row, (token, _))| (row, token))
+            .collect()
     }
 }
 
