@@ -4,6 +4,11 @@
 //! A document's result is written once: [`JobStore::finish_document`] changes a document only
 //! while it is pending, and counts it in its job in the same transaction, so a redelivered
 //! message can never count twice or replace a committed result.
+//!
+//! Lock order: a transaction that writes a job's documents locks the job's row first
+//! ([`lock_job`]). Cancelling (job, then its pending documents) and settling (a document, then
+//! its job's counters) once took the same rows in opposite orders and PostgreSQL broke the
+//! deadlock by failing one of them.
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -129,6 +134,7 @@ impl JobStore {
             return Ok(false);
         }
         let mut tx = self.pool.begin().await?;
+        lock_job(&mut tx, &job.id).await?;
         let row = sqlx::query("SELECT COUNT(*) FROM documents WHERE job_id = $1")
             .bind(&job.id)
             .fetch_one(&mut *tx)
@@ -322,7 +328,10 @@ impl JobStore {
             for seq in chunk {
                 query = query.bind(*seq);
             }
-            query.execute(&self.pool).await?;
+            let mut tx = self.pool.begin().await?;
+            lock_job(&mut tx, job).await?;
+            query.execute(&mut *tx).await?;
+            tx.commit().await?;
         }
         Ok(())
     }
@@ -338,6 +347,7 @@ impl JobStore {
     ) -> Result<bool, StoreError> {
         let now = now_ms();
         let mut tx = self.pool.begin().await?;
+        lock_job(&mut tx, job).await?;
         let (state, result, error) = match outcome {
             Ok(fields) => (DocumentState::Succeeded, Some(fields.to_string()), None),
             Err(reason) => (DocumentState::Failed, None, Some(reason.clone())),
@@ -422,6 +432,13 @@ impl JobStore {
         tx.commit().await?;
         self.job(id).await
     }
+}
+
+/// Locks `job`'s row until the transaction ends (see the lock order in the header). SQLite
+/// has one writer at a time, so there it only joins the write.
+async fn lock_job(tx: &mut sqlx::Transaction<'_, sqlx::Any>, job: &str) -> Result<(), StoreError> {
+    sqlx::query("UPDATE jobs SET state = state WHERE id = $1").bind(job).execute(&mut **tx).await?;
+    Ok(())
 }
 
 async fn insert_document(
