@@ -1,9 +1,10 @@
 //! Model weights from safetensors files, and nothing else.
 //!
 //! Pickle checkpoints (`.bin`, `.pt`, `.ckpt`) run arbitrary code when loaded, so they are refused
-//! with a message saying how to convert. Files are memory-mapped and each tensor is copied once,
-//! straight from the mapping into libtorch, then moved to the target device and dtype. A missing
-//! or mis-shaped tensor is an error naming the tensor and both shapes.
+//! with a message saying how to convert. Each tensor is read once, straight from the file into
+//! its libtorch storage, then moved to the target device and dtype: the bytes are never held
+//! twice, so loading peaks at the size of the weights. A missing or mis-shaped tensor is an
+//! error naming the tensor and both shapes.
 
 use std::{
     collections::HashMap,
@@ -149,24 +150,56 @@ fn read_file(
     tensors: &mut HashMap<String, Tensor>,
     hasher: &mut Sha256,
 ) -> Result<(), WeightsError> {
+    use std::os::unix::fs::FileExt;
+
     let unreadable = |reason: String| WeightsError::Unreadable { path: path.to_path_buf(), reason };
     let file = File::open(path).map_err(|e| unreadable(e.to_string()))?;
-    // SAFETY: the mapping is read-only and dropped before this function returns; every tensor is
-    // copied out of it. A file truncated by another process meanwhile would fault, as with any
-    // mmap reader; model directories are not written while a worker loads them.
+    hash_file(&file, hasher).map_err(|e| unreadable(e.to_string()))?;
+    // SAFETY: the mapping is read-only and dropped before this function returns; only the
+    // header is read through it. A file truncated by another process meanwhile would fault, as
+    // with any mmap reader; model directories are not written while a worker loads them.
     let mapped = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| unreadable(e.to_string()))?;
-    hasher.update(&mapped[..]);
-    let file = safetensors::SafeTensors::deserialize(&mapped)
+    let (header_len, metadata) = safetensors::SafeTensors::read_metadata(&mapped)
         .map_err(|e| unreadable(format!("not a safetensors file: {e:?}")))?;
-    for (name, view) in file.tensors() {
-        let shape: Vec<i64> = view.shape().iter().map(|&d| d as i64).collect();
-        let stored = Kind::try_from(view.dtype())?;
-        let tensor = Tensor::f_from_data_size(view.data(), &shape, stored)?;
+    let data_start = 8 + header_len as u64;
+    for (name, info) in metadata.tensors() {
+        let shape: Vec<i64> = info.shape.iter().map(|&d| d as i64).collect();
+        let stored = Kind::try_from(info.dtype)?;
+        let tensor = Tensor::f_empty(&shape, (stored, Device::Cpu))?;
+        let bytes = tensor.numel() * stored.elt_size_in_bytes();
+        let (begin, end) = info.data_offsets;
+        if end - begin != bytes {
+            return Err(unreadable(format!(
+                "tensor `{name}` holds {} bytes, not {bytes}",
+                end - begin
+            )));
+        }
+        if bytes > 0 {
+            // Straight from the file into the tensor: the bytes are never held twice, so peak
+            // memory is the weights themselves (a mapping read through would count in RSS).
+            // SAFETY: `tensor` is a fresh contiguous CPU tensor of exactly `bytes` bytes.
+            let target =
+                unsafe { std::slice::from_raw_parts_mut(tensor.data_ptr() as *mut u8, bytes) };
+            file.read_exact_at(target, data_start + begin as u64)
+                .map_err(|e| unreadable(format!("tensor `{name}`: {e}")))?;
+        }
         let floating = matches!(stored, Kind::Float | Kind::Double | Kind::Half | Kind::BFloat16);
         let target = if floating { kind } else { stored };
         tensors.insert(name, tensor.to_device(device).to_kind(target));
     }
     Ok(())
+}
+
+/// Feeds the whole file to `hasher` in chunks (the checkpoint's identity in answers).
+fn hash_file(mut file: &File, hasher: &mut Sha256) -> std::io::Result<()> {
+    use std::io::Read;
+    let mut chunk = vec![0u8; 1 << 20];
+    loop {
+        match file.read(&mut chunk)? {
+            0 => return Ok(()),
+            read => hasher.update(&chunk[..read]),
+        }
+    }
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -188,12 +221,17 @@ mod tests {
         write(
             dir.path(),
             "model.safetensors",
-            &[("w", Tensor::ones([2, 3], (Kind::Double, Device::Cpu))), ("ids", ids)],
+            &[("w", Tensor::arange(6, (Kind::Double, Device::Cpu)).view([2, 3])), ("ids", ids)],
         );
         let weights = Weights::load(dir.path(), Device::Cpu, Kind::Float).unwrap();
-        assert_eq!(weights.get("w", &[2, 3]).unwrap().kind(), Kind::Float);
-        assert_eq!(weights.get("ids", &[3]).unwrap().kind(), Kind::Int64);
-        assert_eq!(weights.sha256().len(), 64);
+        let w = weights.get("w", &[2, 3]).unwrap();
+        assert_eq!(w.kind(), Kind::Float);
+        assert_eq!(Vec::<f32>::try_from(w.flatten(0, -1)).unwrap(), [0.0, 1.0, 2.0, 3.0, 4.0, 5.0]);
+        let ids = weights.get("ids", &[3]).unwrap();
+        assert_eq!(ids.kind(), Kind::Int64);
+        assert_eq!(Vec::<i64>::try_from(ids).unwrap(), [1, 2, 3]);
+        let bytes = std::fs::read(dir.path().join("model.safetensors")).unwrap();
+        assert_eq!(weights.sha256(), hex(&Sha256::digest(&bytes)));
         let error = weights.get("w", &[3, 2]).err().unwrap();
         assert_eq!(error.to_string(), "tensor `w` has shape [2, 3], expected [3, 2]");
         let error = weights.get("nope", &[4]).err().unwrap();
