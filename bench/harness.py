@@ -4,14 +4,18 @@ the same threads, weights and inputs; medians of alternating runs; ratios lote /
 Usage: python bench/harness.py --target TARGET_DIR [--repeats R] [--seconds S]
 
 Runs, each as its own script (so each can also be run alone):
-  encoder_throughput.py    embeddings, real all-MiniLM-L6-v2, vs sentence-transformers and the
-                           transformers feature-extraction pipeline
-  generation_throughput.py GPT-2 small decode (1 and 8 sequences) and DistilBART 4-beam
-                           summaries vs transformers' generate
+  encoder_throughput.py    embeddings, real all-MiniLM-L6-v2, fp32 and bf16, vs sentence-transformers
+                           and the transformers feature-extraction pipeline
+  encoder_tasks.py         QA and fill-mask, BERT-base shape, fp32 and bf16, vs the pipelines
+  matmul_peak.py           this CPU's fp32 and bf16 matmul peak (the efficiency yardstick)
+  generation_throughput.py GPT-2 small (1, 8, 32 sequences) and DistilBART 4-beam summaries,
+                           fp32 and bf16, vs transformers' generate with static batches
   grpc_load.py             gRPC load from a separate process: embeddings and generation at several
                            rates, 1/8/32 concurrent streams, trivial calls (transport ceiling)
   jobs_transport           RabbitMQ documents/s with an echo model at prefetch 1, 32, 256
-Writes bench/results/latest.json, latest.md, throughput.png and latency.png.
+  memory.py                peak RSS beside each Python peer; RSS over a long serving run
+Writes bench/results/latest.json, latest.md (with each issue-7 target and whether it was met),
+throughput.png (ratios) and latency.png.
 """
 
 import argparse
@@ -57,33 +61,94 @@ def machine() -> dict:
     }
 
 
-def table(results: dict) -> str:
-    rows = ["| workload | lote | peer | ratio (lote / peer) |", "| --- | ---: | ---: | ---: |"]
-    emb = results["embeddings"]["tokens_per_second"]
-    rows.append(f"| embeddings, tokens/s (vs sentence-transformers) | {emb['lote']:.0f} | "
-                f"{emb['sentence-transformers']:.0f} | {emb['lote'] / emb['sentence-transformers']:.2f} |")
-    rows.append(f"| embeddings, tokens/s (vs transformers pipeline) | {emb['lote']:.0f} | "
-                f"{emb['transformers-pipeline']:.0f} | {emb['lote'] / emb['transformers-pipeline']:.2f} |")
+def rows(results: dict) -> list[tuple]:
+    """(workload, lote, peer, ratio or share, target, met) for the table; None where empty."""
+    out = []
+
+    def add(workload, lote, peer=None, ratio=None, target=None, at_least=True):
+        met = None if ratio is None or target is None else (ratio >= target if at_least else ratio <= target)
+        out.append((workload, lote, peer, ratio, target, met, at_least))
+
+    emb = results["embeddings"]
+    for dtype, key in (("fp32", "tokens_per_second"), ("bf16", "tokens_per_second_bf16")):
+        t = emb[key]
+        add(f"embeddings {dtype}, tokens/s vs sentence-transformers (best batch)", t["lote"],
+            t["sentence-transformers"], t["lote"] / t["sentence-transformers"], 1.5)
+    t = emb["tokens_per_second"]
+    add("embeddings fp32, tokens/s vs transformers pipeline", t["lote"], t["transformers-pipeline"],
+        t["lote"] / t["transformers-pipeline"], 1.5)
+    tasks = results["encoder_tasks"]
+    for task, label in (("question_answering", "QA"), ("fill_mask", "fill-mask")):
+        for dtype in ("fp32", "bf16"):
+            r = tasks[task][dtype]
+            add(f"{label} BERT-base {dtype}, tokens/s vs pipeline (best batch)", r["lote"], r["pipeline"],
+                r["ratio_lote_over_pipeline"], 1.5)
     gen = results["generation"]
-    for sequences in (1, 8):
-        g = gen[f"gpt2_decode_tokens_per_second_{sequences}_seq"]
-        rows.append(f"| GPT-2 small greedy, {sequences} sequence(s), tokens/s | {g['lote']:.1f} | "
-                    f"{g['transformers']:.1f} | {g['ratio_lote_over_transformers']:.2f} |")
-    d = gen["distilbart_seconds_per_document_4_beams"]
-    rows.append(f"| DistilBART 4 beams, documents/s | {1 / d['lote']:.3f} | {1 / d['transformers']:.3f} | "
-                f"{d['speedup_transformers_over_lote']:.2f} |")
-    for row in results["grpc_load"]:
-        if "streams" in row["scenario"]:
-            rows.append(f"| gRPC {row['scenario']}, tokens/s | {row['tokens_per_second']:.0f} | - | - |")
-        if row["kind"] == "tokenize":
-            rows.append(f"| gRPC trivial calls/s ({row['scenario']}) | {row['calls_per_second']:.0f} | - | - |")
-    for row in results["jobs_transport"]:
-        rows.append(f"| RabbitMQ documents/s, echo model, prefetch {row['prefetch']} ({row['store']}) | "
-                    f"{row['documents_per_second']:.0f} | - | - |")
-    padding = results["embeddings"].get("lote_padding_efficiency")
-    if padding is not None:
-        rows.append(f"| embeddings padding efficiency (real / computed tokens) | {padding:.3f} | - | - |")
-    return "\n".join(rows)
+    for dtype in ("fp32", "bf16"):
+        d = gen[f"distilbart_{dtype}_seconds_per_document_4_beams"]
+        add(f"DistilBART {dtype} 4 beams, documents/s vs generate", 1 / d["lote"], 1 / d["transformers"],
+            d["speedup_lote_over_transformers"], 1.5)
+    for dtype in ("fp32", "bf16"):
+        for n in (1, 8, 32):
+            g = gen[f"gpt2_{dtype}_tokens_per_second_{n}_seq"]
+            add(f"GPT-2 {dtype} `lote run` {n} sequence(s), tokens/s vs generate batch {n}", g["lote"],
+                g["transformers"], g["ratio_lote_over_transformers"])
+    streams = {r["concurrency"]: r for r in results["grpc_load"] if "streams" in r["scenario"]}
+    for n, row in sorted(streams.items()):
+        static = gen[f"gpt2_fp32_tokens_per_second_{n}_seq"]["transformers"]
+        add(f"GPT-2 fp32 gRPC {n} concurrent stream(s), tokens/s vs generate static batch {n}",
+            row["tokens_per_second"], static, row["tokens_per_second"] / static, 2.0 if n == 32 else None)
+    add("embeddings padding efficiency (real / computed tokens)", None, None, emb["lote_padding_efficiency"], 0.9)
+    peak = results["matmul_peak"]
+    for label, e in (("all-MiniLM-L6-v2", emb["efficiency"]["fp32"]),
+                     ("BERT-base QA", tasks["question_answering"]["fp32"]["efficiency"]),
+                     ("BERT-base fill-mask", tasks["fill_mask"]["fp32"]["efficiency"])):
+        add(f"{label} fp32 GFLOP/s in the model vs measured matmul peak", e["model_gflops_per_second"],
+            peak["fp32"]["peak_gflops_per_second"], e["model_gflops_per_second"] / peak["fp32"]["peak_gflops_per_second"], 0.5)
+    add("tokenization's share of lote's CPU time (embeddings)", None, None,
+        emb["efficiency"]["fp32"]["tokenize_share_of_cpu"])
+    tokenize = next(r for r in results["grpc_load"] if r["kind"] == "tokenize")
+    add("gRPC trivial calls/s (Tokenize, 64 callers)", tokenize["calls_per_second"], None,
+        tokenize["calls_per_second"] / 20000, 1.0)
+    best_transport = max(results["jobs_transport"], key=lambda r: r["documents_per_second"])
+    add(f"RabbitMQ documents/s end to end, echo model (prefetch {best_transport['prefetch']}, "
+        f"{best_transport['store']})", best_transport["documents_per_second"], None,
+        best_transport["documents_per_second"] / 5000, 1.0)
+    for name, m in results["memory"]["peak_rss"].items():
+        add(f"peak RSS MiB, {name}, vs the Python peer's process", m["lote_mib"], m["python_mib"],
+            m["ratio_lote_over_python"], 1.0, at_least=False)
+    serving = results["memory"]["serving"]
+    add(f"RSS growth MiB over {serving['rounds'] - 2} serving rounds after warm-up ({serving['calls']} calls)",
+        serving["growth_mib_after_warmup"])
+    return out
+
+
+def table(results: dict) -> str:
+    def number(value):
+        if value is None:
+            return "-"
+        return f"{value:.3f}" if abs(value) < 10 else f"{value:.0f}"
+
+    lines = ["| workload | lote | peer | ratio / share | target | met |",
+             "| --- | ---: | ---: | ---: | ---: | :---: |"]
+    for workload, lote, peer, ratio, target, met, at_least in rows(results):
+        goal = "-" if target is None else f"{'>=' if at_least else '<='} {target}"
+        verdict = "-" if met is None else ("yes" if met else "**no**")
+        ratio_text = "-" if ratio is None else f"{ratio:.2f}"
+        lines.append(f"| {workload} | {number(lote)} | {number(peer)} | {ratio_text} | {goal} | {verdict} |")
+    drift = results["generation"]["bf16_same_tokens_as_fp32"]
+    emb_drift = results["embeddings"]["bf16_min_cosine_to_fp32"]
+    tasks = results["encoder_tasks"]
+    lines += ["", "bf16 drift from fp32 (lote / peer): embeddings min cosine "
+              f"{emb_drift['lote']:.4f} / {emb_drift['sentence-transformers']:.4f}; QA same answer "
+              f"{tasks['question_answering']['bf16_drift']['same_share']:.2f} (lote); fill-mask same top-1 "
+              f"{tasks['fill_mask']['bf16_drift']['same_share']:.2f} (lote); GPT-2 same tokens "
+              f"{drift['gpt2_lote']:.2f} / {drift['gpt2_transformers']:.2f}; DistilBART same tokens "
+              f"{drift['distilbart_lote']:.2f} / {drift['distilbart_transformers']:.2f}. "
+              f"Matmul peak on {results['matmul_peak']['threads']} threads: fp32 "
+              f"{results['matmul_peak']['fp32']['peak_gflops_per_second']:.0f} GFLOP/s, bf16 "
+              f"{results['matmul_peak']['bf16']['peak_gflops_per_second']:.0f} GFLOP/s."]
+    return "\n".join(lines)
 
 
 def charts(results: dict) -> None:
@@ -91,20 +156,18 @@ def charts(results: dict) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    emb = results["embeddings"]["tokens_per_second"]
-    gen = results["generation"]
-    groups = [
-        ("embeddings\ntokens/s", {k: v for k, v in emb.items()}),
-        ("GPT-2, 8 seq\ntokens/s", {"lote": gen["gpt2_decode_tokens_per_second_8_seq"]["lote"],
-                                     "transformers": gen["gpt2_decode_tokens_per_second_8_seq"]["transformers"]}),
-    ]
-    fig, axes = plt.subplots(1, len(groups), figsize=(10, 4))
-    for axis, (title, values) in zip(axes, groups):
-        names = list(values)
-        axis.bar(names, [values[n] for n in names], color=["#1f77b4", "#ff7f0e", "#2ca02c"][: len(names)])
-        axis.set_title(title)
-        axis.tick_params(axis="x", labelrotation=15)
-    fig.suptitle("lote beside the Python peers (same machine, 2 threads)")
+    compared = [r for r in rows(results) if r[2] is not None and r[3] is not None and r[6]]
+    fig, axis = plt.subplots(figsize=(10, 0.38 * len(compared) + 1.2))
+    labels = [r[0].replace(", tokens/s", "").replace(", documents/s", "") for r in compared]
+    ratios = [r[3] for r in compared]
+    colors = ["#2ca02c" if r[5] or (r[5] is None and r[3] >= 1) else "#d62728" for r in compared]
+    axis.barh(range(len(compared)), ratios, color=colors)
+    axis.set_yticks(range(len(compared)), labels, fontsize=7)
+    axis.invert_yaxis()
+    axis.axvline(1.0, color="black", linewidth=0.8)
+    axis.axvline(1.5, color="grey", linewidth=0.8, linestyle="--")
+    axis.set_xlabel("throughput ratio lote / Python peer (higher is better; dashed: 1.5x target)")
+    axis.set_title("lote beside the Python peers (same machine, 2 threads)")
     fig.tight_layout()
     fig.savefig(RESULTS / "throughput.png", dpi=110)
     plt.close(fig)
@@ -139,6 +202,11 @@ def main() -> None:
     print("embeddings ...", flush=True)
     results["embeddings"] = run_json([python, str(HERE / "encoder_throughput.py"), str(lote),
                                       "--repeats", str(options.repeats), "--lines", str(options.lines)])
+    print("encoder tasks ...", flush=True)
+    results["encoder_tasks"] = run_json([python, str(HERE / "encoder_tasks.py"), str(lote),
+                                         "--repeats", str(options.repeats)])
+    print("matmul peak ...", flush=True)
+    results["matmul_peak"] = run_json([python, str(HERE / "matmul_peak.py")])
     print("generation ...", flush=True)
     results["generation"] = run_json([python, str(HERE / "generation_throughput.py"), str(lote),
                                       "--repeats", str(options.repeats)])
@@ -151,6 +219,8 @@ def main() -> None:
         results["grpc_load"] = json.loads(rows.read_text())
     print("jobs transport ...", flush=True)
     results["jobs_transport"] = run_json_lines([str(transport), "--documents", "3000"])
+    print("memory ...", flush=True)
+    results["memory"] = run_json([python, str(HERE / "memory.py"), str(lote), str(load)])
     (RESULTS / "latest.json").write_text(json.dumps(results, indent=2))
     m = results["machine"]
     markdown = (f"Measured {m['date']} on {m['cpu']} ({m['cores']} cores, {m['threads_used']} threads "

@@ -219,6 +219,10 @@ fn run_file(settings: Settings, args: &RunArgs) -> Result<(), CliError> {
         tokens_per_second = stats.real_tokens as f64 / seconds.max(1e-9),
         padding_efficiency = stats.padding_efficiency(),
         batches = stats.batches,
+        rows = stats.rows,
+        computed_tokens = stats.computed_tokens,
+        model_seconds = stats.model_seconds,
+        tokenize_seconds = summary.tokenize_seconds,
         "run finished"
     );
     if summary.failed > 0 {

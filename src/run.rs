@@ -68,6 +68,8 @@ pub struct RunSummary {
     pub failed: usize,
     /// What the model computed, for throughput and padding figures.
     pub batches: BatchStats,
+    /// Tokenizing and post-processing time on the CPU pool, summed over calls.
+    pub tokenize_seconds: f64,
 }
 
 pub fn run(request: &RunRequest<'_>) -> Result<RunSummary, RunError> {
@@ -198,7 +200,7 @@ impl Runner {
     fn answer(
         &self,
         items: Vec<(TaskInput, LineParams)>,
-        stats: &mut BatchStats,
+        summary: &mut RunSummary,
     ) -> Vec<Result<Map<String, Value>, String>> {
         let count = items.len();
         let refused = |error: EngineError| vec![Err(error.to_string()); count];
@@ -215,14 +217,18 @@ impl Runner {
                     .collect();
                 let answered = self.runtime.block_on(service.answer(items, Lane::Bulk, None));
                 if let Some(shared) = &self.stats {
-                    *stats = *shared.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+                    summary.batches =
+                        *shared.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
                 }
                 match answered {
-                    Ok(answered) => answered
-                        .results
-                        .into_iter()
-                        .map(|r| r.map(|r| result_fields(&r)).map_err(|e| e.to_string()))
-                        .collect(),
+                    Ok(answered) => {
+                        summary.tokenize_seconds += answered.report.tokenize.as_secs_f64();
+                        answered
+                            .results
+                            .into_iter()
+                            .map(|r| r.map(|r| result_fields(&r)).map_err(|e| e.to_string()))
+                            .collect()
+                    }
                     Err(error) => refused(error),
                 }
             }
@@ -238,16 +244,24 @@ impl Runner {
                     })
                     .collect();
                 match self.runtime.block_on(service.generate(items, Lane::Bulk, None)) {
-                    Ok(answered) => answered
-                        .results
-                        .into_iter()
-                        .map(|r| {
-                            r.map(|r| {
-                                generation_fields(task, &r.generation, r.input_tokens, r.truncated)
+                    Ok(answered) => {
+                        summary.tokenize_seconds += answered.report.tokenize.as_secs_f64();
+                        answered
+                            .results
+                            .into_iter()
+                            .map(|r| {
+                                r.map(|r| {
+                                    generation_fields(
+                                        task,
+                                        &r.generation,
+                                        r.input_tokens,
+                                        r.truncated,
+                                    )
+                                })
+                                .map_err(|e| e.to_string())
                             })
-                            .map_err(|e| e.to_string())
-                        })
-                        .collect(),
+                            .collect()
+                    }
                     Err(error) => refused(error),
                 }
             }
@@ -349,7 +363,7 @@ fn answer_window(
         window.iter().map(|(number, text)| parse_line(pipeline, defaults, *number, text)).collect();
     let runnable: Vec<(TaskInput, LineParams)> =
         lines.iter().filter_map(|line| line.parsed.as_ref().ok().cloned()).collect();
-    let mut results = pipeline.answer(runnable, &mut summary.batches).into_iter();
+    let mut results = pipeline.answer(runnable, summary).into_iter();
     lines
         .into_iter()
         .map(|line| {

@@ -84,12 +84,14 @@ pub enum TaskParams {
 }
 
 /// Tokens the model saw: real ones and all computed (padding included).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct BatchStats {
     pub batches: usize,
     pub rows: usize,
     pub real_tokens: usize,
     pub computed_tokens: usize,
+    /// Wall time inside the model's forward passes (with the per-row extraction).
+    pub model_seconds: f64,
 }
 
 impl BatchStats {
@@ -527,6 +529,14 @@ impl EncoderPipeline {
 impl EncoderModel {
     /// Runs `rows` as one right-padded batch; each row gets its own numbers or error.
     pub fn forward_rows(&self, rows: &[RowRequest]) -> Vec<Result<RowOutput, TaskError>> {
+        let started = std::time::Instant::now();
+        let outputs = self.forward_rows_untimed(rows);
+        let mut stats = self.stats.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        stats.model_seconds += started.elapsed().as_secs_f64();
+        outputs
+    }
+
+    fn forward_rows_untimed(&self, rows: &[RowRequest]) -> Vec<Result<RowOutput, TaskError>> {
         {
             let width = rows.iter().map(|r| r.ids.len()).max().unwrap_or(0);
             let mut stats = self.stats.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
