@@ -7,6 +7,7 @@
 //! never write a second result.
 
 pub mod amqp;
+pub mod group_commit;
 pub mod local;
 pub mod runtime;
 pub mod service;

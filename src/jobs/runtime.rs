@@ -45,7 +45,7 @@ pub fn prepare_with(
     } else {
         Dispatch::Local(LocalQueueHandle::default())
     };
-    let handler = Arc::new(DocumentHandler { store: store.clone(), executor: executor.clone() });
+    let handler = Arc::new(DocumentHandler::new(store.clone(), executor.clone()));
     let jobs = Jobs::new(store.clone(), executor, dispatch.clone());
     let consumers = Consumers {
         store,

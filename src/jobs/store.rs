@@ -26,6 +26,10 @@ pub enum StoreError {
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error("job store holds a bad row: {0}")]
     Corrupt(String),
+    /// A group commit this write was part of failed (the first error, as text: every waiting
+    /// write gets it).
+    #[error("job store: {0}")]
+    Batch(String),
 }
 
 /// Milliseconds since the Unix epoch.
@@ -71,6 +75,11 @@ impl JobStore {
         }
         sqlx::migrate!("src/jobs/migrations").run(&pool).await?;
         Ok(Self { pool })
+    }
+
+    /// Closes the pool: later calls fail.
+    pub async fn close(&self) {
+        self.pool.close().await;
     }
 
     /// Creates a job with its documents; with an idempotency key already used, returns that
@@ -345,59 +354,87 @@ impl JobStore {
         custom_id: &str,
         outcome: &Result<Value, String>,
     ) -> Result<bool, StoreError> {
+        let written = self.finish_documents(&[(job, custom_id, outcome)]).await?;
+        Ok(written[0])
+    }
+
+    /// [`JobStore::finish_document`] for many documents in one transaction (one commit, one
+    /// sync to disk): the group commit of the job transport. Returns, in order, whether each
+    /// was written (false for a document no longer pending, or named twice).
+    pub async fn finish_documents(
+        &self,
+        finishes: &[(&str, &str, &Result<Value, String>)],
+    ) -> Result<Vec<bool>, StoreError> {
         let now = now_ms();
         let mut tx = self.pool.begin().await?;
-        lock_job(&mut tx, job).await?;
-        let (state, result, error) = match outcome {
-            Ok(fields) => (DocumentState::Succeeded, Some(fields.to_string()), None),
-            Err(reason) => (DocumentState::Failed, None, Some(reason.clone())),
-        };
-        let written = sqlx::query(
-            "UPDATE documents SET state = $1, result = $2, error = $3, finished_ms = $4 \
-             WHERE job_id = $5 AND custom_id = $6 AND state = $7",
-        )
-        .bind(state.as_str())
-        .bind(result)
-        .bind(error)
-        .bind(now)
-        .bind(job)
-        .bind(custom_id)
-        .bind(DocumentState::Pending.as_str())
-        .execute(&mut *tx)
-        .await?
-        .rows_affected()
-            == 1;
-        if !written {
-            return Ok(false);
+        // Jobs locked in one order, so two group commits cannot wait on each other.
+        let jobs: std::collections::BTreeSet<&str> = finishes.iter().map(|f| f.0).collect();
+        for job in &jobs {
+            lock_job(&mut tx, job).await?;
         }
-        let counter = if state == DocumentState::Succeeded { "succeeded" } else { "failed" };
-        sqlx::query(&format!(
-            "UPDATE jobs SET {counter} = {counter} + 1, \
-             started_ms = COALESCE(started_ms, $1), \
-             state = CASE WHEN state = $2 THEN $3 ELSE state END WHERE id = $4"
-        ))
-        .bind(now)
-        .bind(JobState::Queued.as_str())
-        .bind(JobState::Running.as_str())
-        .bind(job)
-        .execute(&mut *tx)
-        .await?;
-        // Every document accounted for: completed, or failed when none succeeded.
-        sqlx::query(
-            "UPDATE jobs SET finished_ms = $1, \
-             state = CASE WHEN succeeded = 0 THEN $2 ELSE $3 END \
-             WHERE id = $4 AND succeeded + failed = total AND state IN ($5, $6)",
-        )
-        .bind(now)
-        .bind(JobState::Failed.as_str())
-        .bind(JobState::Completed.as_str())
-        .bind(job)
-        .bind(JobState::Queued.as_str())
-        .bind(JobState::Running.as_str())
-        .execute(&mut *tx)
-        .await?;
+        let mut counts: std::collections::BTreeMap<&str, (i64, i64)> = Default::default();
+        let mut written = Vec::with_capacity(finishes.len());
+        for &(job, custom_id, outcome) in finishes {
+            let (state, result, error) = match outcome {
+                Ok(fields) => (DocumentState::Succeeded, Some(fields.to_string()), None),
+                Err(reason) => (DocumentState::Failed, None, Some(reason.clone())),
+            };
+            let wrote = sqlx::query(
+                "UPDATE documents SET state = $1, result = $2, error = $3, finished_ms = $4 \
+                 WHERE job_id = $5 AND custom_id = $6 AND state = $7",
+            )
+            .bind(state.as_str())
+            .bind(result)
+            .bind(error)
+            .bind(now)
+            .bind(job)
+            .bind(custom_id)
+            .bind(DocumentState::Pending.as_str())
+            .execute(&mut *tx)
+            .await?
+            .rows_affected()
+                == 1;
+            if wrote {
+                let count = counts.entry(job).or_default();
+                if state == DocumentState::Succeeded {
+                    count.0 += 1;
+                } else {
+                    count.1 += 1;
+                }
+            }
+            written.push(wrote);
+        }
+        for (job, (succeeded, failed)) in counts {
+            sqlx::query(
+                "UPDATE jobs SET succeeded = succeeded + $1, failed = failed + $2, \
+                 started_ms = COALESCE(started_ms, $3), \
+                 state = CASE WHEN state = $4 THEN $5 ELSE state END WHERE id = $6",
+            )
+            .bind(succeeded)
+            .bind(failed)
+            .bind(now)
+            .bind(JobState::Queued.as_str())
+            .bind(JobState::Running.as_str())
+            .bind(job)
+            .execute(&mut *tx)
+            .await?;
+            // Every document accounted for: completed, or failed when none succeeded.
+            sqlx::query(
+                "UPDATE jobs SET finished_ms = $1, \
+                 state = CASE WHEN succeeded = 0 THEN $2 ELSE $3 END \
+                 WHERE id = $4 AND succeeded + failed = total AND state IN ($5, $6)",
+            )
+            .bind(now)
+            .bind(JobState::Failed.as_str())
+            .bind(JobState::Completed.as_str())
+            .bind(job)
+            .bind(JobState::Queued.as_str())
+            .bind(JobState::Running.as_str())
+            .execute(&mut *tx)
+            .await?;
+        }
         tx.commit().await?;
-        Ok(true)
+        Ok(written)
     }
 
     /// Cancels a job that has not ended: its pending documents will not be computed. Returns

@@ -18,6 +18,7 @@ use serde_json::{Map, Value, json};
 
 use super::{
     DocumentRecord, DocumentState, JobRecord, JobState, NewDocument,
+    group_commit::GroupCommit,
     store::{JobStore, StoreError},
     wire::{DocumentMessage, WireError},
 };
@@ -207,6 +208,8 @@ pub fn merged_params(job: &Value, document: Option<&Value>) -> Value {
 pub struct DocumentHandler {
     pub store: JobStore,
     pub executor: Arc<dyn Executor>,
+    /// Results go to the store through one group-commit writer.
+    commits: GroupCommit,
 }
 
 /// What a handled message did, for the caller to settle and announce.
@@ -219,6 +222,12 @@ pub struct Handled {
 }
 
 impl DocumentHandler {
+    /// A handler with its group-commit writer, started on the current tokio runtime.
+    pub fn new(store: JobStore, executor: Arc<dyn Executor>) -> Self {
+        let commits = GroupCommit::start(store.clone());
+        Self { store, executor, commits }
+    }
+
     pub async fn handle(
         &self,
         message: Result<DocumentMessage, WireError>,
@@ -285,7 +294,7 @@ impl DocumentHandler {
                 return Ok(settle(Settle::Requeue));
             }
         };
-        let written = self.store.finish_document(&job.id, &document.custom_id, &stored).await?;
+        let written = self.commits.finish(&job.id, &document.custom_id, &stored).await?;
         let outcome = if stored.is_ok() { "succeeded" } else { "failed" };
         metrics::counter!("lote_job_documents_total", "outcome" => outcome).increment(1);
         let finished = written.then(|| {
