@@ -1,7 +1,7 @@
 """`make bench`: every workload through lote and through its Python peer on this machine, with
 the same threads, weights and inputs; medians of alternating runs; ratios lote / peer.
 
-Usage: python bench/harness.py --target TARGET_DIR [--repeats R] [--seconds S]
+Usage: python bench/harness.py --target TARGET_DIR [--repeats R] [--seconds S] [--resume]
 
 Runs, each as its own script (so each can also be run alone):
   encoder_throughput.py    embeddings, real all-MiniLM-L6-v2, fp32 and bf16, vs sentence-transformers
@@ -193,40 +193,50 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--seconds", type=float, default=8.0)
     parser.add_argument("--lines", type=int, default=800, help="embedding corpus lines")
+    parser.add_argument("--resume", action="store_true",
+                        help="keep the workloads an interrupted run finished (results/partial.json)")
     options = parser.parse_args()
     release = Path(options.target) / "release"
     lote, load, transport = release / "lote", release / "examples/load", release / "examples/jobs_transport"
     python = sys.executable
     RESULTS.mkdir(exist_ok=True)
-    results = {"machine": machine()}
-    print("embeddings ...", flush=True)
-    results["embeddings"] = run_json([python, str(HERE / "encoder_throughput.py"), str(lote),
-                                      "--repeats", str(options.repeats), "--lines", str(options.lines)])
-    print("encoder tasks ...", flush=True)
-    results["encoder_tasks"] = run_json([python, str(HERE / "encoder_tasks.py"), str(lote),
-                                         "--repeats", str(options.repeats)])
-    print("matmul peak ...", flush=True)
-    results["matmul_peak"] = run_json([python, str(HERE / "matmul_peak.py")])
-    print("generation ...", flush=True)
-    results["generation"] = run_json([python, str(HERE / "generation_throughput.py"), str(lote),
-                                      "--repeats", str(options.repeats)])
-    print("gRPC load ...", flush=True)
-    with tempfile.TemporaryDirectory() as work:
-        rows = Path(work) / "rows.json"
-        subprocess.run([python, str(HERE / "grpc_load.py"), str(lote), str(load),
-                        "--seconds", str(options.seconds), "--json", str(rows)],
-                       check=True, capture_output=True)
-        results["grpc_load"] = json.loads(rows.read_text())
-    print("jobs transport ...", flush=True)
-    results["jobs_transport"] = run_json_lines([str(transport), "--documents", "3000"])
-    print("memory ...", flush=True)
-    results["memory"] = run_json([python, str(HERE / "memory.py"), str(lote), str(load)])
+    partial = RESULTS / "partial.json"
+    results = json.loads(partial.read_text()) if options.resume and partial.exists() else {}
+    results["machine"] = machine()
+
+    def section(name: str, measure) -> None:
+        """Runs one workload unless a resumed run already has it; keeps what is done so far."""
+        if name in results:
+            print(f"{name}: kept from the interrupted run", flush=True)
+            return
+        print(f"{name} ...", flush=True)
+        results[name] = measure()
+        partial.write_text(json.dumps(results, indent=2))
+
+    def grpc_load() -> list:
+        with tempfile.TemporaryDirectory() as work:
+            rows = Path(work) / "rows.json"
+            subprocess.run([python, str(HERE / "grpc_load.py"), str(lote), str(load),
+                            "--seconds", str(options.seconds), "--json", str(rows)],
+                           check=True, capture_output=True)
+            return json.loads(rows.read_text())
+
+    repeats = ["--repeats", str(options.repeats)]
+    section("embeddings", lambda: run_json([python, str(HERE / "encoder_throughput.py"), str(lote), *repeats,
+                                            "--lines", str(options.lines)]))
+    section("encoder_tasks", lambda: run_json([python, str(HERE / "encoder_tasks.py"), str(lote), *repeats]))
+    section("matmul_peak", lambda: run_json([python, str(HERE / "matmul_peak.py")]))
+    section("generation", lambda: run_json([python, str(HERE / "generation_throughput.py"), str(lote), *repeats]))
+    section("grpc_load", grpc_load)
+    section("jobs_transport", lambda: run_json_lines([str(transport), "--documents", "3000"]))
+    section("memory", lambda: run_json([python, str(HERE / "memory.py"), str(lote), str(load)]))
     (RESULTS / "latest.json").write_text(json.dumps(results, indent=2))
     m = results["machine"]
     markdown = (f"Measured {m['date']} on {m['cpu']} ({m['cores']} cores, {m['threads_used']} threads "
                 f"for each side), torch {m['torch']}.\n\n" + table(results) + "\n")
     (RESULTS / "latest.md").write_text(markdown)
     charts(results)
+    partial.unlink(missing_ok=True)
     print(markdown)
 
 
