@@ -554,6 +554,9 @@ impl EncoderModel {
             self.device,
         );
         let model = &self.encoder.model;
+        if self.task == Task::FillMask {
+            return self.mask_probabilities(rows, &model.encode(&input));
+        }
         // Embeddings pool per row (rows of one batch may ask for different pooling).
         let output = match self.task {
             Task::FeatureExtraction => model.encode(&input),
@@ -576,6 +579,44 @@ impl EncoderModel {
                     }
                     Extract::Tokens => row.narrow(0, 0, len),
                 };
+                RowOutput::from_tensor(&tensor)
+            })
+            .collect()
+    }
+}
+
+impl EncoderModel {
+    /// Fill-mask: the vocabulary head runs on the masked positions only, not on every token
+    /// (for BERT-base its matmul is half the encoder's work per token). `hidden` is `[batch,
+    /// seq, hidden]`; each row gets the probabilities at its mask positions, in order.
+    fn mask_probabilities(
+        &self,
+        rows: &[RowRequest],
+        hidden: &Tensor,
+    ) -> Vec<Result<RowOutput, TaskError>> {
+        let _no_grad = tch::no_grad_guard();
+        let (width, size) = (hidden.size()[1], hidden.size()[2]);
+        let positions: Vec<&[i64]> = rows
+            .iter()
+            .map(|r| match &r.extract {
+                Extract::MaskProbabilities(positions) => positions.as_slice(),
+                _ => &[],
+            })
+            .collect();
+        let flat: Vec<i64> = positions
+            .iter()
+            .enumerate()
+            .flat_map(|(b, row)| row.iter().map(move |&p| b as i64 * width + p))
+            .collect();
+        let index = Tensor::from_slice(&flat).to_device(self.device);
+        let selected = hidden.reshape([-1, size]).index_select(0, &index);
+        let probabilities = self.encoder.model.head().forward(&selected).softmax(-1, Kind::Float);
+        let mut start = 0;
+        positions
+            .iter()
+            .map(|row| {
+                let tensor = probabilities.narrow(0, start, row.len() as i64);
+                start += row.len() as i64;
                 RowOutput::from_tensor(&tensor)
             })
             .collect()
