@@ -6,6 +6,15 @@ mod common;
 use serde_json::Value;
 
 fn run(model: &str, task: &str, lines: &[&str]) -> (i32, Vec<Value>, String) {
+    run_with(model, task, lines, &[])
+}
+
+fn run_with(
+    model: &str,
+    task: &str,
+    lines: &[&str],
+    env: &[(&str, &str)],
+) -> (i32, Vec<Value>, String) {
     let dir = tempfile::tempdir().unwrap();
     let input = dir.path().join("in.jsonl");
     let output = dir.path().join("out.jsonl");
@@ -18,6 +27,7 @@ fn run(model: &str, task: &str, lines: &[&str]) -> (i32, Vec<Value>, String) {
         .arg("--output")
         .arg(&output)
         .env("LOTE__DEVICE__KIND", "cpu")
+        .envs(env.iter().copied())
         .output()
         .unwrap();
     let out = std::fs::read_to_string(&output)
@@ -54,6 +64,29 @@ fn summaries_and_generations_carry_their_counters() {
     assert_eq!(code, 0, "{stderr}");
     assert_eq!(out[0]["generated_text"].as_array().unwrap().len(), 2, "all return sequences");
     assert_eq!(out[0]["finish_reason"].as_array().unwrap().len(), 2);
+}
+
+/// Every generation architecture runs in bf16 with beams and padding masks: the masks once
+/// used f32's minimum, which overflows a bf16 tensor (BART failed every line).
+#[test]
+fn every_architecture_generates_in_bf16() {
+    let line = r#"{"text": "A ação foi concluída com sucesso", "params": {"max_new_tokens": 6, "min_new_tokens": 6, "num_beams": 2}}"#;
+    for (model, task) in [
+        ("gpt2", "text-generation"),
+        ("bart", "summarization"),
+        ("mbart", "summarization"),
+        ("t5", "summarization"),
+        ("t5-v1_1", "summarization"),
+    ] {
+        let (code, out, stderr) =
+            run_with(model, task, &[line, line], &[("LOTE__DEVICE__DTYPE", "bf16")]);
+        assert_eq!(code, 0, "{model}: {stderr} {out:?}");
+        for answer in &out {
+            let tokens = &answer["output_tokens"];
+            let tokens = tokens.as_array().map_or(tokens.as_u64(), |all| all[0].as_u64());
+            assert_eq!(tokens, Some(6), "{model}: {answer}");
+        }
+    }
 }
 
 #[test]

@@ -9,7 +9,7 @@ use tch::{Kind, Tensor};
 use super::{
     ModelError,
     kv_cache::KvCache,
-    layers::{Activation, LayerNorm, Linear},
+    layers::{Activation, LayerNorm, Linear, dtype_min},
     weights::{Weights, WeightsError},
 };
 use crate::generation::{PadSide, RowState, append_padded};
@@ -170,7 +170,9 @@ impl Gpt2 {
         } else {
             block.divisors.iter().fold(q.matmul(&k.transpose(-1, -2)), |s, d| s / *d)
         };
-        let min = Tensor::from(f32::MIN as f64).to_kind(scores.kind()).to_device(scores.device());
+        let min = Tensor::from(dtype_min(scores.kind()))
+            .to_kind(scores.kind())
+            .to_device(scores.device());
         let probs = scores.where_self(allowed, &min).softmax(-1, scores.kind()).to_kind(kind);
         let out = probs.matmul(&v).transpose(1, 2).contiguous().view([batch, new, d]);
         block.c_proj.forward(&out)

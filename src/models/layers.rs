@@ -245,16 +245,17 @@ impl TransformerLayer {
 /// The additive attention mask transformers builds: `(1 - mask) * finfo(dtype).min`, shaped
 /// `[batch, 1, 1, seq]`.
 pub fn attention_bias(attention_mask: &Tensor, kind: tch::Kind) -> Tensor {
-    let min = match kind {
-        tch::Kind::Half => f64::from(half_min()),
+    let inverted = attention_mask.to_kind(kind).neg() + 1.0;
+    (inverted * dtype_min(kind)).unsqueeze(1).unsqueeze(1)
+}
+
+/// `torch.finfo(kind).min`: the most negative finite value, which transformers puts where
+/// attention must not look. f32's would overflow a bf16 or fp16 tensor.
+pub fn dtype_min(kind: tch::Kind) -> f64 {
+    match kind {
+        tch::Kind::Half => -65504.0,
         tch::Kind::BFloat16 => -3.3895313892515355e38,
         tch::Kind::Double => f64::MIN,
         _ => f64::from(f32::MIN),
-    };
-    let inverted = attention_mask.to_kind(kind).neg() + 1.0;
-    (inverted * min).unsqueeze(1).unsqueeze(1)
-}
-
-fn half_min() -> f32 {
-    -65504.0
+    }
 }

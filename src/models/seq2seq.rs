@@ -5,7 +5,7 @@
 
 use tch::{Kind, Tensor};
 
-use super::kv_cache::KvCache;
+use super::{kv_cache::KvCache, layers::dtype_min};
 use crate::generation::{DecoderStep, PadSide, RowState, append_padded};
 
 /// Self- and cross-attention caches of one decoder.
@@ -120,16 +120,16 @@ fn causal_bias(past: i64, new: i64, kind: Kind, device: tch::Device) -> Tensor {
     let query = Tensor::arange(new, (Kind::Int64, device)).unsqueeze(1) + past;
     let key = Tensor::arange(past + new, (Kind::Int64, device)).unsqueeze(0);
     let future = key.gt_tensor(&query).to_kind(kind);
-    (future * f64::from(f32::MIN)).unsqueeze(0).unsqueeze(0)
+    (future * dtype_min(kind)).unsqueeze(0).unsqueeze(0)
 }
 
 /// `[rows, 1, new, past + new]`: the causal bias with the decoder's padded keys masked too.
 pub fn decoder_self_bias(decoder_mask: &Tensor, new: i64, kind: Kind) -> Tensor {
     let total = decoder_mask.size()[1];
     let causal = causal_bias(total - new, new, kind, decoder_mask.device());
-    let padding = decoder_mask.eq(0).to_kind(kind).unsqueeze(1).unsqueeze(1) * f64::from(f32::MIN);
+    let padding = decoder_mask.eq(0).to_kind(kind).unsqueeze(1).unsqueeze(1) * dtype_min(kind);
     // Both at once would overflow to -inf; either alone already zeroes the key's weight.
-    (causal + padding).clamp_min(f64::from(f32::MIN))
+    (causal + padding).clamp_min(dtype_min(kind))
 }
 
 /// `[rows, new]` decoder positions counted over real tokens (0 for the first real one).
