@@ -1,6 +1,6 @@
 """What every benchmark script shares: the thread count, the deterministic corpus, the model
-cache, and running `lote run` as a child whose wall time, CPU time and peak RSS are read from
-the kernel (wait4), so lote and the Python peers are measured the same way.
+cache, and running `lote run` as a child whose wall time, CPU time (wait4) and peak RSS
+(VmHWM) are read from the kernel, so lote and the Python peers are measured the same way.
 """
 
 import json
@@ -50,19 +50,40 @@ class Measured:
     stderr: str
 
 
+def vm_hwm_mib(pid: int) -> float:
+    """The process's peak RSS so far (VmHWM), 0 once it is gone."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return 0.0
+
+
 def measure(command: list[str], env: dict | None = None) -> Measured:
-    """Runs `command` to the end; fails loudly (with its stderr) when it fails."""
+    """Runs `command` to the end; fails loudly (with its stderr) when it fails.
+
+    Peak RSS is the child's VmHWM, polled every 10 ms: wait4's ru_maxrss would not do, as
+    Linux carries the parent's high-water mark across the fork and exec into the child.
+    """
     with tempfile.TemporaryFile("w+") as err:
         start = time.perf_counter()
         child = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=err, text=True)
-        _, status, usage = os.wait4(child.pid, 0)
+        peak = 0.0
+        while True:
+            pid, status, usage = os.wait4(child.pid, os.WNOHANG)
+            if pid:
+                break
+            peak = max(peak, vm_hwm_mib(child.pid))
+            time.sleep(0.01)
         seconds = time.perf_counter() - start
         child.returncode = os.waitstatus_to_exitcode(status)
         err.seek(0)
         stderr = err.read()
     if child.returncode != 0:
         raise RuntimeError(f"{command[0]} exited {child.returncode}:\n{stderr[-4000:]}")
-    return Measured(seconds, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024, stderr)
+    return Measured(seconds, usage.ru_utime + usage.ru_stime, peak, stderr)
 
 
 @dataclass

@@ -7,10 +7,11 @@ GPT-2 small (124M) and DistilBART-CNN-12-6 (306M), each with a word-level tokeni
 same vocabulary size, then measures, in fp32 and in bf16,
   1. GPT-2 greedy decode tokens/s with 1, 8 and 32 sequences (transformers: static batches of
      that size), 64 new tokens each (forced length), from the same 32-token prompt;
-  2. DistilBART seconds per document, 4 beams, 64 output tokens (forced length);
+  2. DistilBART decode seconds per document, 4 beams, 64 output tokens (forced length);
   3. bf16's drift: the share of generated tokens equal to the fp32 run's, on each side.
-lote's time is the whole `lote run` process minus its start-up (model load), measured
-separately with a one-token run; transformers' is the generate call on a loaded model.
+Both sides are timed over the 63 decode steps after the first token: a full run minus a
+one-token run of the same inputs (for lote whole `lote run` processes, so start-up, model load
+and the prefill cancel; for transformers two generate calls on the loaded model).
 Reports medians and ratios (above 1 means lote is faster).
 """
 
@@ -23,7 +24,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import CACHE, GENERATION_PROMPT, THREADS, lote_outputs, run_lote, startup_seconds  # noqa: E402
+from common import CACHE, GENERATION_PROMPT, THREADS, lote_outputs, run_lote  # noqa: E402
 
 
 def word_tokenizer(vocab_size: int, specials: dict):
@@ -103,26 +104,34 @@ def main():
     document = " ".join(f"w{1000 + (i * 37) % 40000}" for i in range(400))
     fixed = {"max_new_tokens": 64, "min_new_tokens": 64}
     report = {"threads": THREADS, "new_tokens": 64}
+    one = {"max_new_tokens": 1, "min_new_tokens": 1}
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        startup = {
-            "gpt2": startup_seconds(args.binary, gpt2_dir, "text-generation",
-                                    {"text": GENERATION_PROMPT, "params": {"max_new_tokens": 1}}, work, args.repeats),
-            "bart": startup_seconds(args.binary, bart_dir, "summarization",
-                                    {"text": "w5 w6", "params": {"max_new_tokens": 1, "num_beams": 1}}, work, args.repeats),
-        }
-        report["lote_startup_seconds"] = startup
+
+        def lote_decode(model_dir, task, texts, params, batch, dtype):
+            """Seconds of the 63 steps after the first token: a full run minus a one-token run
+            of the same inputs (start-up, load and prefill cancel), and the full run's texts."""
+            full, texts_out = lote_generate(args.binary, model_dir, task, texts, params, batch, work, dtype)
+            first, _ = lote_generate(args.binary, model_dir, task, texts, dict(params, **one), batch, work, dtype)
+            return full - first, texts_out
+
+        def hf_decode(model, ids, **params):
+            """The same difference for transformers' generate."""
+            full, out = hf_generate(model, ids, **params)
+            first, _ = hf_generate(model, ids, **dict(params, **one))
+            return full - first, out
+
         for dtype in ("fp32", "bf16"):
             for sequences in (1, 8, 32):
                 ids = torch.tensor([[100 + i for i in range(32)]] * sequences)
                 ours, theirs = [], []
                 for _ in range(args.repeats):
-                    seconds, texts = lote_generate(args.binary, gpt2_dir, "text-generation", [GENERATION_PROMPT] * sequences,
-                                                   fixed, sequences, work, dtype)
-                    ours.append(seconds - startup["gpt2"])
-                    seconds, out = hf_generate(models["gpt2"][dtype], ids, do_sample=False, pad_token_id=50256, **fixed)
+                    seconds, texts = lote_decode(gpt2_dir, "text-generation", [GENERATION_PROMPT] * sequences,
+                                                 fixed, sequences, dtype)
+                    ours.append(seconds)
+                    seconds, out = hf_decode(models["gpt2"][dtype], ids, do_sample=False, pad_token_id=50256, **fixed)
                     theirs.append(seconds)
-                tokens = 64 * sequences
+                tokens = 63 * sequences
                 rate_ours, rate_theirs = tokens / statistics.median(ours), tokens / statistics.median(theirs)
                 entry = {"lote": rate_ours, "transformers": rate_theirs, "ratio_lote_over_transformers": rate_ours / rate_theirs}
                 if sequences == 8:
@@ -133,9 +142,9 @@ def main():
             beams = dict(fixed, num_beams=4)
             ours, theirs = [], []
             for _ in range(args.repeats):
-                seconds, texts = lote_generate(args.binary, bart_dir, "summarization", [document], beams, 1, work, dtype)
-                ours.append(seconds - startup["bart"])
-                seconds, out = hf_generate(models["bart"][dtype], doc_ids, **beams)
+                seconds, texts = lote_decode(bart_dir, "summarization", [document], beams, 1, dtype)
+                ours.append(seconds)
+                seconds, out = hf_decode(models["bart"][dtype], doc_ids, **beams)
                 theirs.append(seconds)
             report[f"distilbart_{dtype}_seconds_per_document_4_beams"] = {
                 "lote": statistics.median(ours), "transformers": statistics.median(theirs),

@@ -29,18 +29,28 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).parent
+sys.path.insert(0, str(HERE))
+from memory import rss_growth  # noqa: E402
 RESULTS = HERE / "results"
+
+
+def run(command: list[str]) -> str:
+    """A workload's stdout; its stderr's end when it fails."""
+    done = subprocess.run(command, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise SystemExit(f"{' '.join(command)} exited {done.returncode}:\n{done.stderr[-4000:]}")
+    return done.stdout
 
 
 def run_json(command: list[str]) -> dict:
     """Runs a script that prints one JSON document (possibly after other lines)."""
-    out = subprocess.run(command, check=True, capture_output=True, text=True).stdout
+    out = run(command)
     start = out.index("{")
     return json.loads(out[start:])
 
 
 def run_json_lines(command: list[str]) -> list[dict]:
-    out = subprocess.run(command, check=True, capture_output=True, text=True).stdout
+    out = run(command)
     return [json.loads(line) for line in out.splitlines() if line.startswith("{")]
 
 
@@ -86,17 +96,17 @@ def rows(results: dict) -> list[tuple]:
     gen = results["generation"]
     for dtype in ("fp32", "bf16"):
         d = gen[f"distilbart_{dtype}_seconds_per_document_4_beams"]
-        add(f"DistilBART {dtype} 4 beams, documents/s vs generate", 1 / d["lote"], 1 / d["transformers"],
+        add(f"DistilBART {dtype} 4 beams, documents/s over the decode steps vs generate", 1 / d["lote"], 1 / d["transformers"],
             d["speedup_lote_over_transformers"], 1.5)
     for dtype in ("fp32", "bf16"):
         for n in (1, 8, 32):
             g = gen[f"gpt2_{dtype}_tokens_per_second_{n}_seq"]
-            add(f"GPT-2 {dtype} `lote run` {n} sequence(s), tokens/s vs generate batch {n}", g["lote"],
+            add(f"GPT-2 {dtype} `lote run` {n} sequence(s), decode tokens/s vs generate batch {n}", g["lote"],
                 g["transformers"], g["ratio_lote_over_transformers"])
     streams = {r["concurrency"]: r for r in results["grpc_load"] if "streams" in r["scenario"]}
     for n, row in sorted(streams.items()):
         static = gen[f"gpt2_fp32_tokens_per_second_{n}_seq"]["transformers"]
-        add(f"GPT-2 fp32 gRPC {n} concurrent stream(s), tokens/s vs generate static batch {n}",
+        add(f"GPT-2 fp32 gRPC {n} concurrent stream(s), tokens/s (whole calls) vs generate static batch {n}",
             row["tokens_per_second"], static, row["tokens_per_second"] / static, 2.0 if n == 32 else None)
     add("embeddings padding efficiency (real / computed tokens)", None, None, emb["lote_padding_efficiency"], 0.9)
     peak = results["matmul_peak"]
@@ -118,8 +128,9 @@ def rows(results: dict) -> list[tuple]:
         add(f"peak RSS MiB, {name}, vs the Python peer's process", m["lote_mib"], m["python_mib"],
             m["ratio_lote_over_python"], 1.0, at_least=False)
     serving = results["memory"]["serving"]
-    add(f"RSS growth MiB over {serving['rounds'] - 2} serving rounds after warm-up ({serving['calls']} calls)",
-        serving["growth_mib_after_warmup"])
+    growth = rss_growth(serving["rss_mib_after_each_round"])
+    add(f"RSS growth MiB over the last {growth['rounds_in_second_half']} of {serving['rounds']} serving rounds "
+        f"({serving['calls']} calls; {growth['warm_rss_mib']:.0f} MiB warm)", growth["growth_mib_second_half"])
     return out
 
 
@@ -195,7 +206,12 @@ def main() -> None:
     parser.add_argument("--lines", type=int, default=800, help="embedding corpus lines")
     parser.add_argument("--resume", action="store_true",
                         help="keep the workloads an interrupted run finished (results/partial.json)")
+    parser.add_argument("--render", action="store_true",
+                        help="only rewrite latest.md and the charts from latest.json")
     options = parser.parse_args()
+    if options.render:
+        render(json.loads((RESULTS / "latest.json").read_text()))
+        return
     release = Path(options.target) / "release"
     lote, load, transport = release / "lote", release / "examples/load", release / "examples/jobs_transport"
     python = sys.executable
@@ -216,9 +232,8 @@ def main() -> None:
     def grpc_load() -> list:
         with tempfile.TemporaryDirectory() as work:
             rows = Path(work) / "rows.json"
-            subprocess.run([python, str(HERE / "grpc_load.py"), str(lote), str(load),
-                            "--seconds", str(options.seconds), "--json", str(rows)],
-                           check=True, capture_output=True)
+            run([python, str(HERE / "grpc_load.py"), str(lote), str(load),
+                 "--seconds", str(options.seconds), "--json", str(rows)])
             return json.loads(rows.read_text())
 
     repeats = ["--repeats", str(options.repeats)]
@@ -231,12 +246,17 @@ def main() -> None:
     section("jobs_transport", lambda: run_json_lines([str(transport), "--documents", "3000"]))
     section("memory", lambda: run_json([python, str(HERE / "memory.py"), str(lote), str(load)]))
     (RESULTS / "latest.json").write_text(json.dumps(results, indent=2))
+    render(results)
+    partial.unlink(missing_ok=True)
+
+
+def render(results: dict) -> None:
+    """latest.md and the charts from one run's results."""
     m = results["machine"]
     markdown = (f"Measured {m['date']} on {m['cpu']} ({m['cores']} cores, {m['threads_used']} threads "
                 f"for each side), torch {m['torch']}.\n\n" + table(results) + "\n")
     (RESULTS / "latest.md").write_text(markdown)
     charts(results)
-    partial.unlink(missing_ok=True)
     print(markdown)
 
 

@@ -4,12 +4,12 @@ serving run (it must stay flat: no growth per request).
 Usage: python bench/memory.py LOTE_BINARY LOAD_BINARY [--rounds N] [--seconds S]
 
 1. Peak RSS: each side runs the same workload in a process of its own (lote: `lote run`; the
-   peer: this script re-run with --peer), read from the kernel (wait4's ru_maxrss):
+   peer: this script re-run with --peer), read from the kernel (VmHWM):
    all-MiniLM-L6-v2 embeddings (sentence-transformers), BERT-base fill-mask (pipeline), GPT-2
    small 8 x 64 tokens and DistilBART 4 beams (transformers' generate).
 2. Flat RSS: `lote serve` with all-MiniLM-L6-v2 and GPT-2 small under ROUNDS rounds of load
-   (embeddings from 16 callers, then 8 generation streams); VmRSS after each round. The first
-   round warms the allocator and caches; growth is counted from the end of the second round.
+   (embeddings from 16 callers, then 8 generation streams); VmRSS after each round; the growth
+   is counted over the second half of the rounds (the first ones warm the allocator and caches).
 """
 
 import argparse
@@ -111,10 +111,15 @@ def flat_rss(binary: str, load: str, rounds: int, seconds: float) -> dict:
     finally:
         server.terminate()
         server.wait(timeout=60)
-    growth = samples[-1] - samples[2] if len(samples) > 2 else None
-    return {"rounds": rounds, "calls": calls, "rss_mib_after_each_round": samples,
-            "growth_mib_after_warmup": growth,
-            "growth_per_round_mib": growth / (rounds - 2) if growth is not None and rounds > 2 else None}
+    return {"rounds": rounds, "calls": calls, "rss_mib_after_each_round": samples, **rss_growth(samples)}
+
+
+def rss_growth(samples: list[float]) -> dict:
+    """Growth over the second half of the rounds: the first rounds warm the allocator, the
+    thread pools and the caches, so only a later rise means memory kept per request."""
+    middle = len(samples) // 2
+    return {"warm_rss_mib": samples[middle], "growth_mib_second_half": samples[-1] - samples[middle],
+            "rounds_in_second_half": len(samples) - 1 - middle}
 
 
 def main() -> None:

@@ -49,7 +49,7 @@ impl GroupCommit {
             outcome: outcome.clone(),
             written,
         };
-        let stopped = || StoreError::Batch("the group-commit writer stopped".into());
+        let stopped = || StoreError::Batch("job store: the group-commit writer stopped".into());
         self.sender.send(finish).await.map_err(|_| stopped())?;
         answer.await.map_err(|_| stopped())?.map_err(StoreError::Batch)
     }
@@ -139,8 +139,9 @@ mod tests {
     async fn a_failed_commit_fails_every_waiting_finish() {
         let (store, job, dir) = store_with_job(2).await;
         let commit = GroupCommit::start(store.clone());
-        drop(dir); // the database file is gone: SQLite can no longer write it
+        // The pool is closed under the writer: its next transaction cannot begin.
         store.close().await;
+        drop(dir);
         let finishes = (0..2).map(|i| {
             let (commit, job) = (commit.clone(), job.clone());
             tokio::spawn(async move { commit.finish(&job, &format!("d{i}"), &Ok(json!({}))).await })

@@ -26,9 +26,9 @@ pub enum StoreError {
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error("job store holds a bad row: {0}")]
     Corrupt(String),
-    /// A group commit this write was part of failed (the first error, as text: every waiting
-    /// write gets it).
-    #[error("job store: {0}")]
+    /// A group commit this write was part of failed: the store's error as text (every waiting
+    /// write gets a copy), already prefixed "job store: ".
+    #[error("{0}")]
     Batch(String),
 }
 
