@@ -167,7 +167,9 @@ def charts(results: dict) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    compared = [r for r in rows(results) if r[2] is not None and r[3] is not None and r[6]]
+    # Throughput ratios only: not the efficiency shares (peer = the matmul peak) nor memory.
+    compared = [r for r in rows(results)
+                if r[2] is not None and r[3] is not None and r[6] and "matmul peak" not in r[0]]
     fig, axis = plt.subplots(figsize=(10, 0.38 * len(compared) + 1.2))
     labels = [r[0].replace(", tokens/s", "").replace(", documents/s", "") for r in compared]
     ratios = [r[3] for r in compared]
