@@ -463,21 +463,14 @@ pub async fn publish_pending(
             return Ok(published);
         }
         // Consecutive documents of one job go together.
-        let mut start = 0;
-        while start < documents.len() {
-            let job = &documents[start].0;
-            let end = documents[start..]
-                .iter()
-                .position(|(other, _)| other.id != job.id)
-                .map_or(documents.len(), |n| start + n);
-            let group = &documents[start..end];
+        for group in documents.chunk_by(|(a, _), (b, _)| a.id == b.id) {
+            let job = &group[0].0;
             let messages: Vec<DocumentMessage> =
                 group.iter().map(|(_, document)| DocumentMessage::from_record(document)).collect();
             publisher.publish_documents(&job.model, &messages).await.map_err(|e| e.to_string())?;
             let seqs: Vec<i64> = group.iter().map(|(_, document)| document.seq).collect();
             store.mark_published(&job.id, &seqs).await.map_err(|e| e.to_string())?;
             published += group.len();
-            start = end;
         }
     }
 }

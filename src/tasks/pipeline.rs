@@ -583,9 +583,7 @@ impl EncoderModel {
             })
             .collect()
     }
-}
 
-impl EncoderModel {
     /// Fill-mask: the vocabulary head runs on the masked positions only, not on every token
     /// (for BERT-base its matmul is half the encoder's work per token). `hidden` is `[batch,
     /// seq, hidden]`; each row gets the probabilities at its mask positions, in order.
