@@ -50,11 +50,12 @@ class Measured:
     stderr: str
 
 
-def vm_hwm_mib(pid: int) -> float:
-    """The process's peak RSS so far (VmHWM), 0 once it is gone."""
+def proc_status_mib(pid: int, field: str) -> float:
+    """A memory field of /proc/PID/status in MiB (VmRSS: now, VmHWM: the peak so far); 0 once
+    the process is gone."""
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
+            if line.startswith(f"{field}:"):
                 return int(line.split()[1]) / 1024
     except OSError:
         pass
@@ -75,7 +76,7 @@ def measure(command: list[str], env: dict | None = None) -> Measured:
             pid, status, usage = os.wait4(child.pid, os.WNOHANG)
             if pid:
                 break
-            peak = max(peak, vm_hwm_mib(child.pid))
+            peak = max(peak, proc_status_mib(child.pid, "VmHWM"))
             time.sleep(0.01)
         seconds = time.perf_counter() - start
         child.returncode = os.waitstatus_to_exitcode(status)

