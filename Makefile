@@ -40,10 +40,13 @@ $(FIXTURES)/.stamp: tests/fixtures/make_models.py tests/fixtures/make_generation
 	$(VENV)/bin/python tests/fixtures/make_minilm_reference.py $(FIXTURES).tmp
 	rm -rf $(FIXTURES) && mv $(FIXTURES).tmp $(FIXTURES) && touch $@
 
-## The whole suite: formatting, lints, unit and integration tests.
+## The whole suite: formatting, lints, the deploy/ checks (manifests against Kubernetes' schemas,
+## Dockerfile lint; offline), unit and integration tests.
 ## The job tests talk to the real RabbitMQ and PostgreSQL on 127.0.0.1 (scripts/services starts
 ## or installs them).
 test: setup fixtures
+	$(VENV)/bin/python deploy/check
+	$(VENV)/bin/python deploy/check --self-test
 	$(CARGO) fmt --check
 	$(CARGO) clippy --all-targets -- -D warnings
 	LOTE_TEST_POSTGRES=$$(scripts/services) $(CARGO) test --all-targets
