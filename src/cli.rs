@@ -51,6 +51,18 @@ enum Command {
     Cancel(crate::jobs_client::JobArgs),
     /// The jobs a worker's store holds, newest first.
     Jobs(crate::jobs_client::ListArgs),
+    /// Ask a worker's grpc.health.v1: exit 0 when SERVING, 1 otherwise (container health checks).
+    Health(crate::health_check::HealthArgs),
+    /// Model directories.
+    #[command(subcommand)]
+    Models(ModelsCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum ModelsCommand {
+    /// Download a model directory from the Hugging Face hub (HF_ENDPOINT and HF_TOKEN honoured):
+    /// config, tokenizer and safetensors weights only.
+    Pull(crate::hub::PullArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -98,6 +110,10 @@ enum CliError {
     Infer(#[from] crate::client::ClientError),
     #[error(transparent)]
     Jobs(#[from] crate::jobs_client::JobsCliError),
+    #[error(transparent)]
+    Health(#[from] crate::health_check::HealthError),
+    #[error(transparent)]
+    Pull(#[from] crate::hub::PullError),
 }
 
 impl CliError {
@@ -112,7 +128,7 @@ impl CliError {
             CliError::Jobs(crate::jobs_client::JobsCliError::Client(
                 crate::client::ClientError::Usage(_),
             )) => ExitCode::from(2),
-            CliError::Jobs(_) => ExitCode::from(1),
+            CliError::Jobs(_) | CliError::Health(_) | CliError::Pull(_) => ExitCode::from(1),
             CliError::Serve(_) | CliError::Runtime(_) | CliError::LinesFailed { .. } => {
                 ExitCode::from(1)
             }
@@ -164,6 +180,10 @@ fn execute(cli: Cli) -> Result<(), CliError> {
         }
         Command::Cancel(args) => Ok(client_runtime()?.block_on(crate::jobs_client::cancel(&args))?),
         Command::Jobs(args) => Ok(client_runtime()?.block_on(crate::jobs_client::list(&args))?),
+        Command::Health(args) => Ok(client_runtime()?.block_on(crate::health_check::check(&args))?),
+        Command::Models(ModelsCommand::Pull(args)) => {
+            Ok(client_runtime()?.block_on(crate::hub::pull_command(&args))?)
+        }
         Command::Config => {
             let settings = loader.load()?;
             print!("{}", toml::to_string_pretty(&settings).expect("settings serialize to TOML"));

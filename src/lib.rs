@@ -11,6 +11,8 @@ pub mod device;
 pub mod engine;
 pub mod generation;
 pub mod grpc;
+pub mod health_check;
+pub mod hub;
 pub mod jobs;
 pub mod jobs_client;
 pub mod metrics;

@@ -122,3 +122,46 @@ fn no_command_prints_help_and_exits_2() {
     assert_eq!(output.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&output.stdout).contains("Usage: lote"));
 }
+
+/// `lote health`'s exit code and its one stderr line.
+fn health(addr: &str, service: &str) -> (Option<i32>, String, String) {
+    let output =
+        lote_command().args(["health", "--addr", addr, "--service", service]).output().unwrap();
+    let text = |bytes: &[u8]| String::from_utf8_lossy(bytes).trim_end().to_string();
+    (output.status.code(), text(&output.stdout), text(&output.stderr))
+}
+
+// `lote health` runs as a child process, so the test blocks on it like on the server.
+#[test]
+fn health_exits_0_when_serving_and_1_when_draining_unknown_or_unreachable() {
+    let mut command = serve_command();
+    command.env("LOTE__SERVER__DRAIN_DELAY", "3s");
+    let mut process = ServeProcess::start(command);
+    let addr = format!("http://{}", process.grpc_addr);
+    assert_eq!(health(&addr, ""), (Some(0), "SERVING".into(), String::new()));
+    assert_eq!(health(&addr, "lote.v1.Models"), (Some(0), "SERVING".into(), String::new()));
+    assert_eq!(
+        health(&addr, "lote.model.nope"),
+        (Some(1), String::new(), format!("lote: error: {addr}: NotFound: service not registered"))
+    );
+
+    send_signal(&process.child, libc::SIGTERM);
+    // The drain lasts 3 s: health must say NOT_SERVING within it, while the port still answers.
+    let start = Instant::now();
+    let draining = loop {
+        let answer = health(&addr, "");
+        if answer.0 != Some(0) || start.elapsed() > Duration::from_secs(2) {
+            break answer;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(
+        draining,
+        (Some(1), String::new(), format!("lote: error: {addr}: service \"\" is NOT_SERVING"))
+    );
+    assert_eq!(wait_exit(&mut process.child, Duration::from_secs(10)), Some(0));
+
+    let (code, stdout, stderr) = health(&addr, "");
+    assert_eq!((code, stdout.as_str()), (Some(1), ""));
+    assert!(stderr.starts_with(&format!("lote: error: cannot reach {addr}: ")), "{stderr}");
+}
