@@ -5,19 +5,16 @@
 
 mod common;
 
-use std::{
-    process::Command,
-    sync::{
-        Arc,
-        atomic::{AtomicUsize, Ordering},
-    },
+use std::sync::{
+    Arc,
+    atomic::{AtomicUsize, Ordering},
 };
 
 use common::{
-    ServeProcess, TestServer, broker, fixture_model,
+    TestServer, broker, fixture_model,
     jobs::{
-        assert_every_document_once, jobs_client, results, submission, text_documents, wait_for,
-        wait_ready, watch_to_end,
+        assert_every_document_once, jobs_client, phrase, results, submission, text_documents,
+        two_workers, wait_for, wait_ready, watch_to_end, worker_config,
     },
     test_settings,
 };
@@ -35,48 +32,6 @@ use lote::{
     settings::{ModelSettings, Task},
 };
 use serde_json::{Value, json};
-
-/// A worker process's settings file: RabbitMQ, PostgreSQL, one model.
-fn worker_config(
-    dir: &std::path::Path,
-    prefix: &str,
-    store: &str,
-    model: (&str, &str, &str),
-) -> std::path::PathBuf {
-    let (name, task, fixture) = model;
-    let path = dir.join(format!("{prefix}.toml"));
-    std::fs::write(
-        &path,
-        format!(
-            "[server]\ngrpc_addr = \"127.0.0.1:0\"\nmetrics_addr = \"127.0.0.1:0\"\n\
-             [device]\nkind = \"cpu\"\nthreads = 1\n\
-             [amqp]\nenabled = true\nqueue_prefix = \"{prefix}\"\nprefetch = 16\n\
-             [store]\nurl = \"{store}\"\n\
-             [[models]]\nname = \"{name}\"\ntask = \"{task}\"\npath = \"{}\"\n",
-            fixture_model(fixture).display()
-        ),
-    )
-    .unwrap();
-    path
-}
-
-fn worker(config: &std::path::Path) -> Command {
-    let mut command = common::lote_command();
-    command.env_remove("LOTE__STORE__URL").arg("--config").arg(config);
-    command
-}
-
-async fn two_workers(config: &std::path::Path) -> (ServeProcess, ServeProcess) {
-    let (a, b) = (ServeProcess::start(worker(config)), ServeProcess::start(worker(config)));
-    wait_ready(a.grpc_addr).await;
-    wait_ready(b.grpc_addr).await;
-    (a, b)
-}
-
-fn phrase(i: usize) -> String {
-    let words = ["ação", "São Paulo", "você", "maçã", "pão", "coração", "João", "avó"];
-    (0..1 + i % 11).map(|j| words[(i * 7 + j) % words.len()]).collect::<Vec<_>>().join(" ")
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_thousand_documents_on_two_workers_give_a_thousand_results() {

@@ -37,22 +37,7 @@ pub async fn connect() -> Connection {
 
 /// Publishes a raw body straight to a model's documents queue.
 pub async fn publish_raw(prefix: &str, model: &str, body: &[u8], content_type: &str) {
-    let connection = connect().await;
-    let channel = connection.create_channel().await.unwrap();
-    channel.confirm_select(Default::default()).await.unwrap();
-    let queue = format!("{prefix}.documents.{model}");
-    let properties =
-        BasicProperties::default().with_delivery_mode(2).with_content_type(content_type.into());
-    let options = BasicPublishOptions { mandatory: true, ..Default::default() };
-    let confirm = channel
-        .basic_publish("".into(), queue.as_str().into(), options, body, properties)
-        .await
-        .unwrap()
-        .await
-        .unwrap();
-    assert!(confirm.is_ack());
-    assert!(confirm.take_message().is_none(), "{queue} exists");
-    let _ = connection.close(200, "done".into()).await;
+    publish_many(prefix, model, &[body.to_vec()], content_type).await;
 }
 
 /// Takes every message of the dead-letter queue.
@@ -109,4 +94,28 @@ pub async fn wait_for_consumer(queue: &str) {
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
     panic!("no consumer on {queue} within 60 s");
+}
+
+/// Publishes many bodies to a model's documents queue over one confirmed channel.
+pub async fn publish_many(prefix: &str, model: &str, bodies: &[Vec<u8>], content_type: &str) {
+    let connection = connect().await;
+    let channel = connection.create_channel().await.unwrap();
+    channel.confirm_select(Default::default()).await.unwrap();
+    let queue = format!("{prefix}.documents.{model}");
+    let properties =
+        BasicProperties::default().with_delivery_mode(2).with_content_type(content_type.into());
+    let options = BasicPublishOptions { mandatory: true, ..Default::default() };
+    let mut confirms = Vec::with_capacity(bodies.len());
+    for body in bodies {
+        let publish = channel
+            .basic_publish("".into(), queue.as_str().into(), options, body, properties.clone())
+            .await
+            .unwrap();
+        confirms.push(publish);
+    }
+    for confirm in confirms {
+        let confirm = confirm.await.unwrap();
+        assert!(confirm.is_ack() && confirm.take_message().is_none(), "{queue} took the message");
+    }
+    let _ = connection.close(200, "done".into()).await;
 }

@@ -112,3 +112,48 @@ pub async fn wait_ready(addr: std::net::SocketAddr) {
     }
     panic!("the worker at {addr} did not load its models in 60 s");
 }
+
+/// A worker process's settings file: RabbitMQ, PostgreSQL, one model (name, task, fixture).
+pub fn worker_config(
+    dir: &std::path::Path,
+    prefix: &str,
+    store: &str,
+    model: (&str, &str, &str),
+) -> std::path::PathBuf {
+    let (name, task, fixture) = model;
+    let path = dir.join(format!("{prefix}.toml"));
+    std::fs::write(
+        &path,
+        format!(
+            "[server]\ngrpc_addr = \"127.0.0.1:0\"\nmetrics_addr = \"127.0.0.1:0\"\n\
+             [device]\nkind = \"cpu\"\nthreads = 1\n\
+             [amqp]\nenabled = true\nqueue_prefix = \"{prefix}\"\nprefetch = 16\n\
+             [store]\nurl = \"{store}\"\n\
+             [[models]]\nname = \"{name}\"\ntask = \"{task}\"\npath = \"{}\"\n",
+            super::fixture_model(fixture).display()
+        ),
+    )
+    .unwrap();
+    path
+}
+
+/// `lote --config CONFIG` (add `serve` with [`super::ServeProcess::start`]).
+pub fn worker(config: &std::path::Path) -> std::process::Command {
+    let mut command = super::lote_command();
+    command.env_remove("LOTE__STORE__URL").arg("--config").arg(config);
+    command
+}
+
+pub async fn two_workers(config: &std::path::Path) -> (super::ServeProcess, super::ServeProcess) {
+    let a = super::ServeProcess::start(worker(config));
+    let b = super::ServeProcess::start(worker(config));
+    wait_ready(a.grpc_addr).await;
+    wait_ready(b.grpc_addr).await;
+    (a, b)
+}
+
+/// Portuguese words with accents, 1 to 11 of them.
+pub fn phrase(i: usize) -> String {
+    let words = ["ação", "São Paulo", "você", "maçã", "pão", "coração", "João", "avó"];
+    (0..1 + i % 11).map(|j| words[(i * 7 + j) % words.len()]).collect::<Vec<_>>().join(" ")
+}
