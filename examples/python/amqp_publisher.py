@@ -47,14 +47,11 @@ class PublishError(Exception):
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument(
-        "--addr", default="127.0.0.1:50051", help="a worker's gRPC address (host:port or URL)"
-    )
+    common.add_worker_args(parser)
     parser.add_argument(
         "--amqp-url", default="amqp://guest:guest@127.0.0.1:5672/%2f", help="the workers' RabbitMQ"
     )
     parser.add_argument("--queue-prefix", default="lote", help="the workers' amqp.queue_prefix")
-    parser.add_argument("--model", help="model name (default: the first one the worker lists)")
     source = parser.add_mutually_exclusive_group()
     source.add_argument(
         "--input",
@@ -82,11 +79,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--timeout", type=float, default=600.0, help="seconds to wait for the job to end"
     )
-    parser.add_argument(
-        "--ca", help="PEM of the CA that signed the worker's certificate (gRPC TLS)"
-    )
-    parser.add_argument("--cert", help="client certificate PEM (mutual TLS)")
-    parser.add_argument("--key", help="client key PEM (mutual TLS)")
     args = parser.parse_args(argv)
     if args.input is None and args.count < 1:
         parser.error("--count must be at least 1")

@@ -35,8 +35,7 @@ RPCS = {
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--addr", default="127.0.0.1:50051", help="host:port, or an http(s):// URL")
-    parser.add_argument("--model", help="model name (default: the first one the worker lists)")
+    common.add_worker_args(parser)
     parser.add_argument(
         "--text", action="append", help="an input (repeatable); default: sample sentences"
     )
@@ -57,9 +56,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--show-error", action="store_true", help="also send an empty input list and show the error"
     )
-    parser.add_argument("--ca", help="PEM of the CA that signed the worker's certificate (TLS)")
-    parser.add_argument("--cert", help="client certificate PEM (mutual TLS)")
-    parser.add_argument("--key", help="client key PEM (mutual TLS)")
     args = parser.parse_args(argv)
     if (args.question is None) != (args.context is None):
         parser.error("--question and --context go together")

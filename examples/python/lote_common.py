@@ -3,6 +3,7 @@ sample inputs per task, and JSON-friendly forms of the answers."""
 
 from __future__ import annotations
 
+import argparse
 import math
 import time
 from collections.abc import Callable
@@ -35,6 +36,15 @@ QUESTIONS = (
     ),
     ("Who founded the company?", "The company was founded in 1998 by Ana Souza in Belo Horizonte."),
 )
+
+
+def add_worker_args(parser: argparse.ArgumentParser) -> None:
+    """The options both examples take to reach a worker and pick its model."""
+    parser.add_argument("--addr", default="127.0.0.1:50051", help="host:port, or an http(s):// URL")
+    parser.add_argument("--model", help="model name (default: the first one the worker lists)")
+    parser.add_argument("--ca", help="PEM of the CA that signed the worker's certificate (TLS)")
+    parser.add_argument("--cert", help="client certificate PEM (mutual TLS)")
+    parser.add_argument("--key", help="client key PEM (mutual TLS)")
 
 
 def channel(
