@@ -12,7 +12,10 @@
 //! - Files download into `DIR/.lote-pull/` and are moved into DIR only once every one of them
 //!   has arrived, so an interrupted pull never leaves a directory that looks complete.
 
-use std::path::{Path, PathBuf};
+use std::{
+    collections::HashMap,
+    path::{Path, PathBuf},
+};
 
 use hf_hub::{
     Cache, Repo, RepoType,
@@ -133,11 +136,18 @@ pub async fn pull(args: &PullArgs) -> Result<Pulled, PullError> {
         downloaded.push((file.clone(), path));
     }
     let mut bytes = 0;
+    // Where each blob went: two files with the same content share one blob.
+    let mut placed: HashMap<PathBuf, PathBuf> = HashMap::new();
     for (file, cached) in &downloaded {
         // The snapshot entry is a symlink to its blob: move the blob itself into place.
         let blob = std::fs::canonicalize(cached).map_err(io(cached))?;
         let target = args.dir.join(file);
-        std::fs::rename(&blob, &target).map_err(io(&target))?;
+        match placed.get(&blob) {
+            Some(first) => std::fs::copy(first, &target).map(|_| ()),
+            None => std::fs::rename(&blob, &target),
+        }
+        .map_err(io(&target))?;
+        placed.entry(blob).or_insert_with(|| target.clone());
         bytes += std::fs::metadata(&target).map_err(io(&target))?.len();
     }
     std::fs::remove_dir_all(&staging).map_err(io(&staging))?;

@@ -125,8 +125,11 @@ async fn pull(
 async fn pulls_config_tokenizer_and_safetensors_and_never_the_pickle() {
     let model = read_dir_files(&fixture_model("bert-mlm"));
     let mut repo = model.clone();
+    // Two files with the same bytes share one blob in hf-hub's cache; both must arrive.
+    repo.insert("generation_config.json".into(), model["special_tokens_map.json"].clone());
     repo.insert("pytorch_model.bin".into(), b"pickle: must never be fetched".to_vec());
     repo.insert("README.md".into(), b"# tiny".to_vec());
+    let repo_copy = repo.clone();
     let (endpoint, hub) = start_hub(HashMap::from([("org/tiny-bert".to_string(), repo)])).await;
     let dir = tempfile::tempdir().unwrap();
     let target = dir.path().join("model");
@@ -134,7 +137,7 @@ async fn pulls_config_tokenizer_and_safetensors_and_never_the_pickle() {
     let (code, stdout, stderr) = pull(&endpoint, "org/tiny-bert", &target, false).await;
 
     assert_eq!(code, Some(0), "stderr: {stderr}");
-    assert!(stdout.starts_with(&format!("org/tiny-bert at {COMMIT}: 5 files")), "{stdout}");
+    assert!(stdout.starts_with(&format!("org/tiny-bert at {COMMIT}: 6 files")), "{stdout}");
     let pulled = read_dir_files(&target);
     let mut names: Vec<&String> = pulled.keys().collect();
     names.sort();
@@ -142,6 +145,7 @@ async fn pulls_config_tokenizer_and_safetensors_and_never_the_pickle() {
         names,
         [
             "config.json",
+            "generation_config.json",
             "model.safetensors",
             "special_tokens_map.json",
             "tokenizer.json",
@@ -149,7 +153,7 @@ async fn pulls_config_tokenizer_and_safetensors_and_never_the_pickle() {
         ]
     );
     for (name, bytes) in &pulled {
-        assert_eq!(bytes, &model[name], "{name} differs from the hub's copy");
+        assert_eq!(bytes, &repo_copy[name], "{name} differs from the hub's copy");
     }
     assert!(!target.join(".lote-pull").exists(), "the staging folder is removed");
     let fetched = hub.fetched.lock().unwrap().clone();
