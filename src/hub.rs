@@ -140,7 +140,7 @@ pub async fn pull(args: &PullArgs) -> Result<Pulled, PullError> {
     let mut placed: HashMap<PathBuf, PathBuf> = HashMap::new();
     for (file, cached) in &downloaded {
         // The snapshot entry is a symlink to its blob: move the blob itself into place.
-        let blob = std::fs::canonicalize(cached).map_err(io(cached))?;
+        let blob = blob_of(cached).map_err(io(cached))?;
         let target = args.dir.join(file);
         match placed.get(&blob) {
             Some(first) => std::fs::copy(first, &target).map(|_| ()),
@@ -152,6 +152,15 @@ pub async fn pull(args: &PullArgs) -> Result<Pulled, PullError> {
     }
     std::fs::remove_dir_all(&staging).map_err(io(&staging))?;
     Ok(Pulled { commit: info.sha, files, bytes })
+}
+
+/// The blob a snapshot entry links to (the entry itself where hf-hub could not make a link),
+/// named the same way for every entry that shares it, even once it has been moved away.
+fn blob_of(entry: &Path) -> std::io::Result<PathBuf> {
+    let Ok(link) = std::fs::read_link(entry) else { return Ok(entry.to_path_buf()) };
+    let blob = entry.parent().map_or(link.clone(), |dir| dir.join(&link));
+    let (Some(dir), Some(name)) = (blob.parent(), blob.file_name()) else { return Ok(blob) };
+    Ok(std::fs::canonicalize(dir)?.join(name))
 }
 
 fn offline() -> bool {
