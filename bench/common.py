@@ -16,7 +16,16 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 THREADS = 2
-CACHE = Path.home() / ".cache" / "lote-bench"
+# `harness.py --smoke` (run by `make test`) sets LOTE_BENCH_SMOKE=1: every script runs end to
+# end on tiny random models, kept in a cache of their own, so that the benchmarks cannot rot.
+# A smoke run's figures mean nothing.
+SMOKE = os.environ.get("LOTE_BENCH_SMOKE") == "1"
+CACHE = Path.home() / ".cache" / ("lote-bench-smoke" if SMOKE else "lote-bench")
+
+
+def shape(full: dict, tiny: dict) -> dict:
+    """A model's config keywords: the real shape, or in a smoke run the tiny one."""
+    return tiny if SMOKE else full
 
 PT = ("a reunião da diretoria começou às nove horas e o time de engenharia apresentou a nova "
       "versão do serviço que é mais rápida e também mais barata para os clientes em São Paulo "

@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import CACHE, THREADS, corpus, lote_outputs, run_lote, startup_seconds  # noqa: E402
+from common import CACHE, THREADS, corpus, lote_outputs, run_lote, shape, startup_seconds  # noqa: E402
 from encoder_throughput import efficiency  # noqa: E402
 
 PIPELINE_BATCH_SIZES = (8, 32)
@@ -40,7 +40,10 @@ def build_models() -> tuple[Path, Path]:
             continue
         torch.manual_seed(0)
         model_class = BertForMaskedLM if kind == "mlm" else BertForQuestionAnswering
-        model_class(BertConfig()).eval().save_pretrained(directory, safe_serialization=True)  # bert-base shape
+        # BertConfig's defaults are the bert-base shape.
+        config = BertConfig(**shape({}, dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=2,
+                                             intermediate_size=128)))
+        model_class(config).eval().save_pretrained(directory, safe_serialization=True)
         for name in TOKENIZER_FILES:
             if (vocab_source / name).exists():
                 shutil.copy(vocab_source / name, directory / name)

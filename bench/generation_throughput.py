@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import CACHE, GENERATION_PROMPT, THREADS, lote_outputs, run_lote  # noqa: E402
+from common import CACHE, GENERATION_PROMPT, THREADS, lote_outputs, run_lote, shape  # noqa: E402
 
 
 def word_tokenizer(vocab_size: int, specials: dict):
@@ -46,16 +46,19 @@ def build_models():
     torch.manual_seed(0)
     gpt2_dir, bart_dir = CACHE / "gpt2-small", CACHE / "distilbart-cnn-12-6"
     if not (gpt2_dir / "model.safetensors").exists():
-        model = GPT2LMHeadModel(GPT2Config()).eval()  # the defaults are GPT-2 small
+        # GPT2Config's defaults are GPT-2 small.
+        model = GPT2LMHeadModel(GPT2Config(**shape({}, dict(n_embd=64, n_layer=2, n_head=2)))).eval()
         model.save_pretrained(gpt2_dir, safe_serialization=True)
         tok = PreTrainedTokenizerFast(tokenizer_object=word_tokenizer(50257, {"<|endoftext|>": 50256, "<unk>": 0}),
                                       eos_token="<|endoftext|>", bos_token="<|endoftext|>", unk_token="<unk>")
         tok.save_pretrained(gpt2_dir)
     if not (bart_dir / "model.safetensors").exists():
-        config = BartConfig(vocab_size=50264, d_model=1024, encoder_layers=12, decoder_layers=6,
-                            encoder_attention_heads=16, decoder_attention_heads=16, encoder_ffn_dim=4096,
-                            decoder_ffn_dim=4096, max_position_embeddings=1024, forced_bos_token_id=0,
-                            forced_eos_token_id=2, decoder_start_token_id=2)
+        sizes = shape(dict(d_model=1024, encoder_layers=12, decoder_layers=6, encoder_attention_heads=16,
+                           decoder_attention_heads=16, encoder_ffn_dim=4096, decoder_ffn_dim=4096),
+                      dict(d_model=64, encoder_layers=2, decoder_layers=1, encoder_attention_heads=2,
+                           decoder_attention_heads=2, encoder_ffn_dim=128, decoder_ffn_dim=128))
+        config = BartConfig(vocab_size=50264, max_position_embeddings=1024, forced_bos_token_id=0,
+                            forced_eos_token_id=2, decoder_start_token_id=2, **sizes)
         model = BartForConditionalGeneration(config).eval()
         model.save_pretrained(bart_dir, safe_serialization=True)
         specials = {"<s>": 0, "<pad>": 1, "</s>": 2, "<unk>": 3}

@@ -15,12 +15,9 @@ Server and load generator share this machine's cores (2 here): the figures inclu
 
 import argparse
 import json
-import os
-import re
 import subprocess
 import sys
 import tempfile
-import time
 import urllib.request
 from pathlib import Path
 

@@ -2,6 +2,11 @@
 the same threads, weights and inputs; medians of alternating runs; ratios lote / peer.
 
 Usage: python bench/harness.py --target TARGET_DIR [--repeats R] [--seconds S] [--resume]
+       python bench/harness.py --smoke --target TARGET_DIR --profile debug --results DIR
+
+--smoke (run by `make test`, tests/bench_smoke.rs) runs every workload end to end on tiny random
+models with a few inputs, one repeat and short loads, writing into --results: it proves the
+scripts still work against the current binary; its figures mean nothing.
 
 Runs, each as its own script (so each can also be run alone):
   encoder_throughput.py    embeddings, real all-MiniLM-L6-v2, fp32 and bf16, vs sentence-transformers
@@ -31,7 +36,7 @@ from pathlib import Path
 HERE = Path(__file__).parent
 sys.path.insert(0, str(HERE))
 from memory import rss_growth  # noqa: E402
-RESULTS = HERE / "results"
+RESULTS = HERE / "results"  # --results replaces it
 
 
 def run(command: list[str]) -> str:
@@ -210,12 +215,23 @@ def main() -> None:
                         help="keep the workloads an interrupted run finished (results/partial.json)")
     parser.add_argument("--render", action="store_true",
                         help="only rewrite latest.md and the charts from latest.json")
+    parser.add_argument("--profile", default="release", help="the cargo profile whose binaries run")
+    parser.add_argument("--results", type=Path, help="where to write (default bench/results)")
+    parser.add_argument("--smoke", action="store_true",
+                        help="tiny models, few inputs, short loads: checks the scripts, not speed")
     options = parser.parse_args()
+    global RESULTS
+    RESULTS = options.results or RESULTS
     if options.render:
         render(json.loads((RESULTS / "latest.json").read_text()))
         return
-    release = Path(options.target) / "release"
-    lote, load, transport = release / "lote", release / "examples/load", release / "examples/jobs_transport"
+    smoke = options.smoke
+    if smoke:
+        # The children read it (common.SMOKE) to build and use the tiny models.
+        os.environ["LOTE_BENCH_SMOKE"] = "1"
+        options.repeats, options.seconds, options.lines = 1, 0.5, 16
+    built = Path(options.target) / options.profile
+    lote, load, transport = built / "lote", built / "examples/load", built / "examples/jobs_transport"
     python = sys.executable
     RESULTS.mkdir(exist_ok=True)
     partial = RESULTS / "partial.json"
@@ -228,7 +244,9 @@ def main() -> None:
             print(f"{name}: kept from the interrupted run", flush=True)
             return
         print(f"{name} ...", flush=True)
+        started = time.perf_counter()
         results[name] = measure()
+        print(f"{name}: {time.perf_counter() - started:.0f} s", flush=True)
         partial.write_text(json.dumps(results, indent=2))
 
     def grpc_load() -> list:
@@ -239,14 +257,19 @@ def main() -> None:
             return json.loads(rows.read_text())
 
     repeats = ["--repeats", str(options.repeats)]
+    # In a smoke run: fewer inputs and shorter loads where a script's defaults are sized for speed.
+    few = lambda *args: list(args) if smoke else []  # noqa: E731
     section("embeddings", lambda: run_json([python, str(HERE / "encoder_throughput.py"), str(lote), *repeats,
                                             "--lines", str(options.lines)]))
-    section("encoder_tasks", lambda: run_json([python, str(HERE / "encoder_tasks.py"), str(lote), *repeats]))
-    section("matmul_peak", lambda: run_json([python, str(HERE / "matmul_peak.py")]))
+    section("encoder_tasks", lambda: run_json([python, str(HERE / "encoder_tasks.py"), str(lote), *repeats,
+                                               *few("--qa", "4", "--masks", "8")]))
+    section("matmul_peak", lambda: run_json([python, str(HERE / "matmul_peak.py"), *few("--seconds", "0.1")]))
     section("generation", lambda: run_json([python, str(HERE / "generation_throughput.py"), str(lote), *repeats]))
     section("grpc_load", grpc_load)
-    section("jobs_transport", lambda: run_json_lines([str(transport), "--documents", "3000"]))
-    section("memory", lambda: run_json([python, str(HERE / "memory.py"), str(lote), str(load)]))
+    documents = "200" if smoke else "3000"
+    section("jobs_transport", lambda: run_json_lines([str(transport), "--documents", documents]))
+    section("memory", lambda: run_json([python, str(HERE / "memory.py"), str(lote), str(load),
+                                        *few("--rounds", "2", "--seconds", "0.5")]))
     (RESULTS / "latest.json").write_text(json.dumps(results, indent=2))
     render(results)
     partial.unlink(missing_ok=True)

@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import (GENERATION_PROMPT, THREADS, corpus, measure, proc_status_mib, run_lote,  # noqa: E402
+from common import (GENERATION_PROMPT, SMOKE, THREADS, corpus, measure, proc_status_mib, run_lote,  # noqa: E402
                     start_server, write_config)
 
 GRPC, METRICS = "127.0.0.1:50072", "127.0.0.1:9472"
@@ -72,6 +72,8 @@ def peak_rss(binary: str) -> dict:
     out = {}
     with tempfile.TemporaryDirectory() as tmp:
         for name, (model_dir, task, records) in workloads().items():
+            if SMOKE and name not in ("minilm", "gpt2"):
+                continue  # each peer process costs ~20 s of imports; these two cover both peer kinds
             ours = run_lote(binary, model_dir, task, records, Path(tmp)).measured.peak_rss_mib
             theirs = measure([sys.executable, __file__, "--peer", name]).peak_rss_mib
             out[name] = {"lote_mib": ours, "python_mib": theirs, "ratio_lote_over_python": ours / theirs}

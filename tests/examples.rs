@@ -12,23 +12,14 @@ use std::{path::PathBuf, process::Command};
 use common::{
     ServeProcess, broker,
     jobs::{wait_ready, worker, worker_config},
-    temp_store_url,
+    temp_store_url, venv_python,
 };
 use serde_json::Value;
-
-fn python() -> PathBuf {
-    let venv = std::env::var("LOTE_VENV")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".venv"));
-    let python = venv.join("bin/python");
-    assert!(python.is_file(), "{} missing: run `make setup`", python.display());
-    python
-}
 
 /// Runs an example script; its stdout is one JSON object.
 fn example(script: &str, args: &[&str]) -> Value {
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("examples/python").join(script);
-    let output = Command::new(python()).arg(path).args(args).output().unwrap();
+    let output = Command::new(venv_python()).arg(path).args(args).output().unwrap();
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(
         output.status.success(),

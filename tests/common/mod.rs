@@ -142,6 +142,17 @@ impl Drop for ServeProcess {
     }
 }
 
+/// The Python of the venv `make test` prepares (LOTE_VENV, else .venv). A missing venv fails the
+/// test: it is never skipped.
+pub fn venv_python() -> std::path::PathBuf {
+    let venv = std::env::var("LOTE_VENV")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|_| std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv"));
+    let python = venv.join("bin/python");
+    assert!(python.is_file(), "{} missing: run `make setup`", python.display());
+    python
+}
+
 /// A tiny model made by tests/fixtures/make_models.py (`make fixtures`); `LOTE_FIXTURES`
 /// overrides the folder. A missing fixture fails the test: it is never skipped.
 pub fn fixture_model(name: &str) -> std::path::PathBuf {

@@ -1,0 +1,54 @@
+//! The benchmark harness end to end on tiny random models (`bench/harness.py --smoke`), against
+//! this build's binaries (lote, examples/load, examples/jobs_transport), the real RabbitMQ and
+//! the Python peers: every workload script still runs and the report still renders, so `make
+//! bench` cannot rot between its long runs. Nothing about speed is asserted: a smoke run's
+//! figures mean nothing.
+
+mod common;
+
+use std::{path::Path, process::Command};
+
+use common::{read_json, venv_python};
+
+#[test]
+fn the_benchmark_harness_runs_every_workload_on_tiny_models() {
+    let lote = Path::new(env!("CARGO_BIN_EXE_lote"));
+    let profile_dir = lote.parent().unwrap();
+    let results = tempfile::tempdir().unwrap();
+    let output = Command::new(venv_python())
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .arg("bench/harness.py")
+        .arg("--smoke")
+        .arg("--target")
+        .arg(profile_dir.parent().unwrap())
+        .arg("--profile")
+        .arg(profile_dir.file_name().unwrap())
+        .arg("--results")
+        .arg(results.path())
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "harness --smoke failed:\n{}\n{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let latest = read_json(&results.path().join("latest.json"));
+    for section in [
+        "machine",
+        "embeddings",
+        "encoder_tasks",
+        "matmul_peak",
+        "generation",
+        "grpc_load",
+        "jobs_transport",
+        "memory",
+    ] {
+        assert!(latest.get(section).is_some(), "latest.json has no {section}: {latest}");
+    }
+    let table = std::fs::read_to_string(results.path().join("latest.md")).unwrap();
+    assert!(table.contains("| workload | lote | peer |"), "{table}");
+    for chart in ["throughput.png", "latency.png"] {
+        assert!(results.path().join(chart).is_file(), "{chart} was not drawn");
+    }
+}
