@@ -146,9 +146,11 @@ def write_config(path: Path, grpc: str, metrics: str, models: list[tuple[str, st
     return path
 
 
-def start_server(binary, config: Path, ready_model: str) -> subprocess.Popen:
-    """`lote serve`, returned once `ready_model` (the last in the config) is ready."""
+def start_server(binary, config: Path, ready_model: str, **settings: str) -> subprocess.Popen:
+    """`lote serve`, returned once `ready_model` (the last in the config) is ready; settings are
+    LOTE__ overrides, e.g. device__dtype="bf16"."""
     env = dict(os.environ, LOTE__LOG__FORMAT="json")
+    env.update({f"LOTE__{key.upper()}": value for key, value in settings.items()})
     server = subprocess.Popen([str(binary), "--config", str(config), "serve"], env=env,
                               stderr=subprocess.PIPE, text=True)
     for line in server.stderr:

@@ -75,6 +75,7 @@ def main() -> None:
     work = Path(tempfile.mkdtemp())
     config = write_config(work / "lote.toml", GRPC, METRICS,
                           [("minilm", "feature-extraction", minilm), ("gpt2", "text-generation", gpt2)])
+    bf16_config = write_config(work / "lote-bf16.toml", GRPC, METRICS, [("gpt2", "text-generation", gpt2)])
     texts = work / "texts.txt"
     texts.write_text("\n".join(corpus(800)) + "\n")
     prompts = work / "prompts.txt"
@@ -118,6 +119,15 @@ def main() -> None:
         for streams in (1, 8, 32):
             scenario(f"{streams} concurrent streams", "gpt2",
                      stream + ["--concurrency", str(streams)])
+            rows[-1]["dtype"] = "fp32"
+        server.terminate()
+        server.wait(timeout=60)
+        # The same streams from a bf16 worker (GPT-2 alone), beside generate's bf16 static batches.
+        server = start_server(options.lote, bf16_config, "gpt2", device__dtype="bf16")
+        for streams in (1, 8, 32):
+            scenario(f"bf16 {streams} concurrent streams", "gpt2",
+                     stream + ["--concurrency", str(streams)])
+            rows[-1]["dtype"] = "bf16"
 
         if options.json:
             Path(options.json).write_text(json.dumps(rows, indent=2))

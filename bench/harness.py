@@ -108,10 +108,12 @@ def rows(results: dict) -> list[tuple]:
             g = gen[f"gpt2_{dtype}_tokens_per_second_{n}_seq"]
             add(f"GPT-2 {dtype} `lote run` {n} sequence(s), decode tokens/s vs generate batch {n}", g["lote"],
                 g["transformers"], g["ratio_lote_over_transformers"])
-    streams = {r["concurrency"]: r for r in results["grpc_load"] if "streams" in r["scenario"]}
-    for n, row in sorted(streams.items()):
-        static = gen[f"gpt2_fp32_tokens_per_second_{n}_seq"]["transformers"]
-        add(f"GPT-2 fp32 gRPC {n} concurrent stream(s), tokens/s (whole calls) vs generate static batch {n}",
+    # Runs before the bf16 streams were added have fp32 stream rows without a dtype.
+    streams = {(r.get("dtype", "fp32"), r["concurrency"]): r
+               for r in results["grpc_load"] if "streams" in r["scenario"]}
+    for (dtype, n), row in sorted(streams.items(), key=lambda item: (item[0][0] != "fp32", item[0][1])):
+        static = gen[f"gpt2_{dtype}_tokens_per_second_{n}_seq"]["transformers"]
+        add(f"GPT-2 {dtype} gRPC {n} concurrent stream(s), tokens/s (whole calls) vs generate static batch {n}",
             row["tokens_per_second"], static, row["tokens_per_second"] / static, 2.0 if n == 32 else None)
     add("embeddings padding efficiency (real / computed tokens)", None, None, emb["lote_padding_efficiency"], 0.9)
     peak = results["matmul_peak"]
