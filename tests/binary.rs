@@ -8,13 +8,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{ServeProcess, health_status, lote_command};
-
-fn send_signal(child: &std::process::Child, signal: i32) {
-    // SAFETY: kill(2) on our own child's pid.
-    let rc = unsafe { libc::kill(child.id() as i32, signal) };
-    assert_eq!(rc, 0);
-}
+use common::{ServeProcess, health_status, lote_command, send_signal, wait_exit};
 
 /// A plain HTTP/1.0 GET, enough for the metrics endpoint.
 fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
@@ -24,17 +18,6 @@ fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
     let mut body = String::new();
     stream.read_to_string(&mut body).unwrap();
     body
-}
-
-fn wait_exit(child: &mut std::process::Child, limit: Duration) -> Option<i32> {
-    let start = Instant::now();
-    while start.elapsed() < limit {
-        if let Some(status) = child.try_wait().unwrap() {
-            return Some(status.code().unwrap_or(-1));
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    None
 }
 
 fn serve_command() -> std::process::Command {

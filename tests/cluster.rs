@@ -17,6 +17,7 @@ use common::{
         assert_every_document_once, jobs_client, phrase, results, submission, wait_for, wait_ready,
         watch_to_end, worker, worker_config,
     },
+    send_signal, wait_exit,
 };
 use lote::jobs::wire::{self, DocumentMessage};
 use tonic::transport::Channel;
@@ -48,17 +49,6 @@ async fn health_after_sigterm(addr: std::net::SocketAddr) -> String {
             Err(error) => return format!("unreachable: {error}"),
         }
     }
-}
-
-fn wait_exit(process: &mut ServeProcess, limit: Duration) -> Option<i32> {
-    let start = Instant::now();
-    while start.elapsed() < limit {
-        if let Some(status) = process.child.try_wait().unwrap() {
-            return status.code();
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    None
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -103,10 +93,10 @@ async fn a_rolling_restart_under_a_running_job_loses_and_repeats_nothing() {
         let before = wait_for(&mut client, &job.id, |_| true).await;
         assert_eq!(before.state, "running", "worker {slot} is restarted while the job runs");
         let old = &mut fleet[slot];
-        // SAFETY: kill(2) on our own child's pid.
-        assert_eq!(unsafe { libc::kill(old.child.id() as i32, libc::SIGTERM) }, 0);
+        send_signal(&old.child, libc::SIGTERM);
         assert_eq!(health_after_sigterm(old.grpc_addr).await, "NotServing", "worker {slot}");
-        let code = tokio::task::block_in_place(|| wait_exit(old, Duration::from_secs(90)));
+        let code =
+            tokio::task::block_in_place(|| wait_exit(&mut old.child, Duration::from_secs(90)));
         assert_eq!(code, Some(0), "worker {slot} exits cleanly after SIGTERM");
         // The child has exited, so its stderr closes and the reader ends the channel.
         let logs: Vec<String> =

@@ -66,7 +66,7 @@ async fn a_worker_killed_mid_job_loses_nothing() {
     let request = submission("gpt2", "text-generation", params, text_documents(120, phrase));
     let job = client.submit_job(request).await.unwrap().into_inner();
     wait_for(&mut client, &job.id, |job| job.succeeded >= 10).await;
-    unsafe { libc::kill(a.child.id() as i32, libc::SIGKILL) };
+    common::send_signal(&a.child, libc::SIGKILL);
     let _ = a.child.wait();
     let (done, _) = watch_to_end(&mut client, &job.id).await;
     assert_eq!((done.state.as_str(), done.succeeded, done.failed), ("completed", 120, 0));

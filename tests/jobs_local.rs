@@ -264,7 +264,7 @@ async fn a_worker_killed_mid_job_finishes_it_after_a_restart() {
     let request = submission("gpt2", "text-generation", params, text_documents(40, phrase));
     let job = client.submit_job(request).await.unwrap().into_inner();
     wait_for(&mut client, &job.id, |job| job.succeeded >= 2).await;
-    unsafe { libc::kill(first.child.id() as i32, libc::SIGKILL) };
+    common::send_signal(&first.child, libc::SIGKILL);
     let _ = first.child.wait();
 
     let second = ServeProcess::start(command());

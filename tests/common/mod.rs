@@ -153,6 +153,25 @@ pub fn venv_python() -> std::path::PathBuf {
     python
 }
 
+/// Sends `signal` to a child process (SIGTERM, SIGINT, SIGKILL).
+pub fn send_signal(child: &Child, signal: i32) {
+    // SAFETY: kill(2) on our own child's pid.
+    let rc = unsafe { libc::kill(child.id() as i32, signal) };
+    assert_eq!(rc, 0);
+}
+
+/// The child's exit code once it exits within `limit` (-1 when a signal killed it), else None.
+pub fn wait_exit(child: &mut Child, limit: Duration) -> Option<i32> {
+    let start = std::time::Instant::now();
+    while start.elapsed() < limit {
+        if let Some(status) = child.try_wait().unwrap() {
+            return Some(status.code().unwrap_or(-1));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    None
+}
+
 /// A tiny model made by tests/fixtures/make_models.py (`make fixtures`); `LOTE_FIXTURES`
 /// overrides the folder. A missing fixture fails the test: it is never skipped.
 pub fn fixture_model(name: &str) -> std::path::PathBuf {
