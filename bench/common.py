@@ -106,8 +106,13 @@ def lote_env(**settings: str) -> dict:
     """The environment of a lote child: CPU, THREADS threads, JSON logs, plus LOTE__ settings."""
     env = dict(os.environ, LOTE__DEVICE__THREADS=str(THREADS), LOTE__DEVICE__KIND="cpu",
                LOTE__LOG__FORMAT="json", OMP_NUM_THREADS=str(THREADS))
-    env.update({f"LOTE__{key.upper()}": value for key, value in settings.items()})
-    return env
+    return env | overrides(settings)
+
+
+def overrides(settings: dict[str, str]) -> dict[str, str]:
+    """LOTE__ environment variables from keyword settings: device__dtype="bf16" ->
+    LOTE__DEVICE__DTYPE=bf16."""
+    return {f"LOTE__{key.upper()}": value for key, value in settings.items()}
 
 
 def run_lote(binary, model_dir, task: str, records: list[dict], work: Path, **settings: str) -> LoteRun:
@@ -149,8 +154,7 @@ def write_config(path: Path, grpc: str, metrics: str, models: list[tuple[str, st
 def start_server(binary, config: Path, ready_model: str, **settings: str) -> subprocess.Popen:
     """`lote serve`, returned once `ready_model` (the last in the config) is ready; settings are
     LOTE__ overrides, e.g. device__dtype="bf16"."""
-    env = dict(os.environ, LOTE__LOG__FORMAT="json")
-    env.update({f"LOTE__{key.upper()}": value for key, value in settings.items()})
+    env = dict(os.environ, LOTE__LOG__FORMAT="json") | overrides(settings)
     server = subprocess.Popen([str(binary), "--config", str(config), "serve"], env=env,
                               stderr=subprocess.PIPE, text=True)
     for line in server.stderr:

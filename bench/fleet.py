@@ -4,12 +4,12 @@ Used by the job benchmarks (jobs_e2e.py, cluster_scale.py).
 """
 
 import json
-import os
 import subprocess
-import threading
 import time
 import uuid
 from pathlib import Path
+
+from common import start_server
 
 PG = "postgres://postgres@127.0.0.1:5432"
 FIRST_PORT = 50200
@@ -37,17 +37,7 @@ class Fleet:
             for name, task, path in models:
                 text += f'[[models]]\nname = "{name}"\ntask = "{task}"\npath = "{path}"\n'
             config.write_text(text)
-            env = dict(os.environ, LOTE__LOG__FORMAT="json")
-            process = subprocess.Popen([self.binary, "--config", str(config), "serve"], env=env,
-                                       stderr=subprocess.PIPE, text=True)
-            for line in process.stderr:
-                if '"model ready"' in line and f'"{self.models[-1]}"' in line:
-                    # Keep reading its log, or a full pipe would stall the worker.
-                    threading.Thread(target=process.stderr.read, daemon=True).start()
-                    break
-            else:
-                raise RuntimeError(f"worker {index} exited before its models were ready")
-            self.processes.append(process)
+            self.processes.append(start_server(self.binary, config, self.models[-1]))
         # Every worker's consumers subscribe once its models are ready; give them a moment.
         time.sleep(1)
 
