@@ -1,7 +1,7 @@
 //! Settings precedence (defaults < file < environment) and every bad-input case, through the
 //! library loader and through the binary's exit code and message.
 
-mod common;
+use crate::common;
 
 use std::{io::Write, path::Path, time::Duration};
 

@@ -1,7 +1,7 @@
 //! The real server in-process on port 0: health, reflection, lote.v1.Worker, metrics, and the
 //! shutdown sequence (NOT_SERVING, in-flight calls finish, then nothing answers).
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

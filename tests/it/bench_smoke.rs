@@ -4,7 +4,7 @@
 //! bench` cannot rot between its long runs. Nothing about speed is asserted: a smoke run's
 //! figures mean nothing.
 
-mod common;
+use crate::common;
 
 use std::{path::Path, process::Command};
 

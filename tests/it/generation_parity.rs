@@ -4,7 +4,7 @@
 //! sampling give identical token ids; the first decode steps' logits are within 1e-4; batches
 //! of mixed lengths give what each input gives alone; the cached path equals recomputing.
 
-mod common;
+use crate::common;
 
 use lote::{
     device::Placement,

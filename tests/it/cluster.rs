@@ -7,7 +7,7 @@
 //! wave just before each SIGTERM and the last after the final restart, so every restart happens
 //! with documents in flight and the job still running, however fast the machine is.
 
-mod common;
+use crate::common;
 
 use std::time::{Duration, Instant};
 

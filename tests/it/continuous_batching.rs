@@ -3,7 +3,7 @@
 //! every one of them gives exactly what it gives alone. GPT-2 joins with left-padded caches,
 //! BART and T5 with padded encoder outputs and decoder caches.
 
-mod common;
+use crate::common;
 
 use lote::{
     device::Placement,

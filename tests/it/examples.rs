@@ -5,7 +5,7 @@
 //! Python comes from the venv `make test` prepares (LOTE_VENV, else .venv): grpcio,
 //! grpcio-tools and pika are in scripts/requirements.txt. A missing venv fails the test.
 
-mod common;
+use crate::common;
 
 use std::{path::PathBuf, process::Command};
 

@@ -1,7 +1,7 @@
 //! The engine's batcher driving a real encoder on its model thread: rows sent concurrently
 //! through it give what the model gives them directly (within the batch-vs-alone bound).
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

@@ -2,7 +2,7 @@
 //! fields, each bad line its own exact error while the others are answered, and exit codes
 //! 0 / 1 / 2.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 

@@ -2,7 +2,7 @@
 //! document gets exactly one result; bad jobs are refused with their codes; a cancelled job
 //! stops computing; a worker killed mid-job picks its documents up again when it restarts.
 
-mod common;
+use crate::common;
 
 use common::{
     ServeProcess, TestServer, fixture_model,

@@ -3,7 +3,7 @@
 //! reference call is replayed as recorded by tests/fixtures/make_models.py, all of a model's calls
 //! in one `run` so they share batches, as `lote run` does.
 
-mod common;
+use crate::common;
 
 use lote::{
     device::Placement,

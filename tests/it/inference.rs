@@ -2,7 +2,7 @@
 //! fixture models. Parity with transformers through gRPC, concurrent calls equal to sequential
 //! ones, streams equal to unary calls, and every bad input of the issue with its exact code.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

@@ -1,7 +1,7 @@
 //! `lote run` for summarization and text-generation on the tiny generation fixtures: output
 //! fields and counters, and each bad input of the issue as that line's own error.
 
-mod common;
+use crate::common;
 
 use serde_json::Value;
 

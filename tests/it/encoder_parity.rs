@@ -2,7 +2,7 @@
 //! token ids and offsets from the same tokenizer.json, logits within 1e-4 for each input alone,
 //! and a padded batch of mixed lengths giving what each input gives alone.
 
-mod common;
+use crate::common;
 
 use lote::{
     device::Placement,

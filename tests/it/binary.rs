@@ -1,7 +1,7 @@
 //! The real `lote` binary: clean exit on SIGTERM/SIGINT, clear start-up errors with exit code 2,
 //! and `--version`.
 
-mod common;
+use crate::common;
 
 use std::{
     net::TcpListener,

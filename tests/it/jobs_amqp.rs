@@ -3,7 +3,7 @@
 //! killed mid-job, documents published straight to the queue by another service, cancel, and
 //! poison and malformed messages ending in the dead-letter queue with their documents failed.
 
-mod common;
+use crate::common;
 
 use std::sync::{
     Arc,

@@ -2,7 +2,7 @@
 //! trusts the CA is served; with `client_ca` set, a client without a certificate signed by it
 //! is turned away and one with such a certificate is served.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 

@@ -3,7 +3,7 @@
 //! headers), serving a tiny fixture model beside a pickle file that must never be fetched.
 //! Then the refusals: offline, unreachable, unknown repository, pickle-only repository.
 
-mod common;
+use crate::common;
 
 use std::{
     collections::HashMap,

@@ -2,7 +2,7 @@
 //! sentence-transformers' on Portuguese, English, emoji, CJK and an input past max_seq_length,
 //! cosine >= 0.99999 each.
 
-mod common;
+use crate::common;
 
 use lote::{
     device::Placement,

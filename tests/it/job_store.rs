@@ -1,7 +1,7 @@
 //! The job store under contention on the real PostgreSQL: workers settling documents while
 //! the job is cancelled and its outbox marked, the writes that once deadlocked each other.
 
-mod common;
+use crate::common;
 
 use common::broker::fresh_postgres;
 use lote::jobs::{NewDocument, NewJob, new_job_id, store::JobStore};

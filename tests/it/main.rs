@@ -1,0 +1,30 @@
+//! lote's integration tests, one module per area, in one test crate: the crate links libtorch
+//! once, where 20 crates linked it 20 times (cargo's own suite is laid out the same way, in
+//! `tests/testsuite/`). Unit tests stay beside their code in src/.
+//!
+//! `tests/jobs_faults.rs` stays a crate of its own: it closes every RabbitMQ connection and
+//! restarts PostgreSQL, which would break the job tests running beside it in this process.
+
+#[path = "../common/mod.rs"]
+mod common;
+
+mod bench_smoke;
+mod binary;
+mod cluster;
+mod continuous_batching;
+mod encoder_parity;
+mod engine_encoder;
+mod examples;
+mod generation_parity;
+mod inference;
+mod job_store;
+mod jobs_amqp;
+mod jobs_local;
+mod minilm;
+mod models_pull;
+mod pipeline_parity;
+mod run_cli;
+mod run_generation;
+mod server;
+mod settings;
+mod tls;
