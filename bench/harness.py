@@ -234,6 +234,11 @@ def main() -> None:
         options.repeats, options.seconds, options.lines = 1, 0.5, 16
     built = Path(options.target) / options.profile
     lote, load, transport = built / "lote", built / "examples/load", built / "examples/jobs_transport"
+    missing = [str(path) for path in (lote, load, transport) if not path.is_file()]
+    if missing:
+        release = "" if options.profile == "debug" else f" --profile {options.profile}"
+        raise SystemExit(f"harness: {', '.join(missing)} missing: build them with "
+                         f"`cargo build{release} --bin lote --examples` (make bench does)")
     python = sys.executable
     RESULTS.mkdir(exist_ok=True)
     partial = RESULTS / "partial.json"
