@@ -40,16 +40,25 @@ $(FIXTURES)/.stamp: tests/fixtures/make_models.py tests/fixtures/make_generation
 	$(VENV)/bin/python tests/fixtures/make_minilm_reference.py $(FIXTURES).tmp
 	rm -rf $(FIXTURES) && mv $(FIXTURES).tmp $(FIXTURES) && touch $@
 
+## Clippy as the compiler of lote's own crate in the test build, the way `cargo clippy` calls it
+## (RUSTC_WORKSPACE_WRAPPER, lint flags in CLIPPY_ARGS): the same lints over the same targets as
+## `cargo clippy --all-targets -- -D warnings`, but the dependencies, with the C and C++ of their
+## build scripts (libtorch's wrapper alone takes two minutes), compile once, not once for the
+## lints and again for the tests.
+LINTED := RUSTC_WORKSPACE_WRAPPER=clippy-driver CLIPPY_ARGS=-D__CLIPPY_HACKERY__warnings__CLIPPY_HACKERY__
+
 ## The whole suite: formatting, lints, the deploy/ checks (manifests against Kubernetes' schemas,
 ## Dockerfile lint; offline), unit and integration tests.
 ## The job tests talk to the real RabbitMQ and PostgreSQL on 127.0.0.1 (scripts/services starts
-## or installs them).
+## or installs them). The bench/ programs are examples, which `cargo test` compiles but does not
+## leave in target/debug/examples, so `cargo build --examples` puts them there for the harness
+## smoke test.
 test: setup fixtures
 	$(VENV)/bin/python deploy/check
 	$(VENV)/bin/python deploy/check --self-test
 	$(CARGO) fmt --check
-	$(CARGO) clippy --all-targets -- -D warnings
-	LOTE_TEST_POSTGRES=$$(scripts/services) $(CARGO) test --all-targets
+	$(LINTED) $(CARGO) build --examples
+	LOTE_TEST_POSTGRES=$$(scripts/services) $(LINTED) $(CARGO) test --lib --bins --tests
 
 ## Benchmarks beside the Python peers (own venv: .venv-bench); writes bench/results/.
 BENCH_VENV ?= $(CURDIR)/.venv-bench
