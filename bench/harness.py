@@ -4,7 +4,7 @@ the same threads, weights and inputs; medians of alternating runs; ratios lote /
 Usage: python bench/harness.py --target TARGET_DIR [--repeats R] [--seconds S] [--resume]
        python bench/harness.py --smoke --target TARGET_DIR --profile debug --results DIR
 
---smoke (run by `make test`, tests/bench_smoke.rs) runs every workload end to end on tiny random
+--smoke (run by `make test`, tests/it/bench_smoke.rs) runs every workload end to end on tiny random
 models with a few inputs, one repeat and short loads, writing into --results: it proves the
 scripts still work against the current binary; its figures mean nothing.
 

@@ -17,7 +17,9 @@ fn postgres_admin() -> String {
 pub async fn fresh_postgres() -> String {
     let name = format!("lote_test_{}", uuid::Uuid::now_v7().simple());
     let admin_url = postgres_admin();
-    let admin = sqlx::PgPool::connect(&admin_url).await.expect("PostgreSQL on 127.0.0.1:5432");
+    let admin = sqlx::PgPool::connect(&admin_url).await.unwrap_or_else(|e| {
+        panic!("PostgreSQL at {admin_url}: {e}; scripts/services starts it (make test runs it)")
+    });
     sqlx::query(&format!("CREATE DATABASE {name}")).execute(&admin).await.unwrap();
     admin.close().await;
     let base = admin_url.rsplit_once('/').map_or(admin_url.as_str(), |(base, _)| base);
@@ -30,9 +32,9 @@ pub fn unique_prefix() -> String {
 }
 
 pub async fn connect() -> Connection {
-    Connection::connect(AMQP_URL, ConnectionProperties::default())
-        .await
-        .expect("RabbitMQ on 127.0.0.1:5672")
+    Connection::connect(AMQP_URL, ConnectionProperties::default()).await.unwrap_or_else(|e| {
+        panic!("RabbitMQ at {AMQP_URL}: {e}; scripts/services starts it (make test runs it)")
+    })
 }
 
 /// Publishes a raw body straight to a model's documents queue.

