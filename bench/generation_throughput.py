@@ -8,7 +8,8 @@ same vocabulary size, then measures, in fp32 and in bf16,
   1. GPT-2 greedy decode tokens/s with 1, 8 and 32 sequences (transformers: static batches of
      that size), 64 new tokens each (forced length), from the same 32-token prompt;
   2. DistilBART decode seconds per document, 4 beams, 64 output tokens (forced length);
-  3. bf16's drift: the share of generated tokens equal to the fp32 run's, on each side.
+  3. bf16's drift: the share of generated tokens equal to the fp32 run's, on each side;
+  4. the bytes each decode step has to read (weights and caches), for the bandwidth bound.
 Both sides are timed over the 63 decode steps after the first token: a full run minus a
 one-token run of the same inputs (for lote whole `lote run` processes, so start-up, model load
 and the prefill cancel; for transformers two generate calls on the loaded model).
@@ -66,6 +67,25 @@ def build_models():
                                       eos_token="</s>", pad_token="<pad>", unk_token="<unk>")
         tok.save_pretrained(bart_dir)
     return gpt2_dir, bart_dir
+
+
+def decode_bytes(model, rows: int, context: float, source: int = 0, beams: int = 1) -> dict:
+    """Bytes one decode step has to read at `rows` rows: each weight it uses once (the token
+    embedding only as the LM head; not the position table, the encoder, nor the cross-attention
+    key and value projections, whose outputs are cached) and the caches: self-attention keys
+    and values of `context` past positions per row, cross-attention ones of `source` positions,
+    stored per row (as lote and transformers keep them) or once per input (shared by its beams).
+    The decode bound of a step is these bytes over memory_bandwidth.py's bandwidth."""
+    element = next(model.parameters()).element_size()
+    skip = ("wpe.", "embed_positions", "encoder_attn.k_proj", "encoder_attn.v_proj", "model.encoder.")
+    weights = sum(p.numel() for name, p in model.named_parameters() if not any(s in name for s in skip))
+    config = model.config
+    layers = getattr(config, "n_layer", None) or config.decoder_layers
+    width = getattr(config, "n_embd", None) or config.d_model
+    per_position = 2 * layers * width * element  # a key and a value in every layer
+    cross = per_position * source
+    return {"weights": weights * element, "self_cache": per_position * context * rows,
+            "cross_cache_per_row": cross * rows, "cross_cache_shared": cross * rows // beams}
 
 
 def lote_generate(binary, model_dir, task, texts, params, batch, work, dtype="fp32"):
@@ -136,7 +156,9 @@ def main():
                     theirs.append(seconds)
                 tokens = 63 * sequences
                 rate_ours, rate_theirs = tokens / statistics.median(ours), tokens / statistics.median(theirs)
-                entry = {"lote": rate_ours, "transformers": rate_theirs, "ratio_lote_over_transformers": rate_ours / rate_theirs}
+                entry = {"lote": rate_ours, "transformers": rate_theirs, "ratio_lote_over_transformers": rate_ours / rate_theirs,
+                         # The timed steps attend to the 32 prompt positions plus 1 to 63 new ones.
+                         "decode_bytes_per_step": decode_bytes(models["gpt2"][dtype], sequences, 32 + 32)}
                 if sequences == 8:
                     entry["lote_text"] = texts[0]
                     entry["transformers_ids"] = out[0, 32:].tolist()
@@ -152,7 +174,9 @@ def main():
             report[f"distilbart_{dtype}_seconds_per_document_4_beams"] = {
                 "lote": statistics.median(ours), "transformers": statistics.median(theirs),
                 "speedup_lote_over_transformers": statistics.median(theirs) / statistics.median(ours),
-                "lote_text": texts[0], "transformers_ids": out[0].tolist()}
+                "lote_text": texts[0], "transformers_ids": out[0].tolist(),
+                # 4 beam rows over the 402 document positions; the decoder's own past is 1 to 63.
+                "decode_bytes_per_step": decode_bytes(models["bart"][dtype], 4, 32, doc_ids.shape[1], 4)}
     gpt2 = (report["gpt2_fp32_tokens_per_second_8_seq"], report["gpt2_bf16_tokens_per_second_8_seq"])
     bart = (report["distilbart_fp32_seconds_per_document_4_beams"], report["distilbart_bf16_seconds_per_document_4_beams"])
     report["bf16_same_tokens_as_fp32"] = {

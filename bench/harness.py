@@ -13,6 +13,8 @@ Runs, each as its own script (so each can also be run alone):
                            and the transformers feature-extraction pipeline
   encoder_tasks.py         QA and fill-mask, BERT-base shape, fp32 and bf16, vs the pipelines
   matmul_peak.py           this CPU's fp32 and bf16 matmul peak (the efficiency yardstick)
+  memory_bandwidth.py      this CPU's memory bandwidth (the decode yardstick: a step's bytes of
+                           weights and caches over it is the step's bound)
   generation_throughput.py GPT-2 small (1, 8, 32 sequences) and DistilBART 4-beam summaries,
                            fp32 and bf16, vs transformers' generate with static batches
   grpc_load.py             gRPC load from a separate process: embeddings and generation at several
@@ -108,6 +110,21 @@ def rows(results: dict) -> list[tuple]:
             g = gen[f"gpt2_{dtype}_tokens_per_second_{n}_seq"]
             add(f"GPT-2 {dtype} `lote run` {n} sequence(s), decode tokens/s vs generate batch {n}", g["lote"],
                 g["transformers"], g["ratio_lote_over_transformers"])
+    # Decode against the memory-bandwidth bound: a step's bytes of weights and caches over the
+    # bandwidth this machine reaches (runs before memory_bandwidth.py have neither).
+    bandwidth = results.get("memory_bandwidth", {}).get("bound_gb_per_second")
+    for dtype in ("fp32", "bf16") if bandwidth else ():
+        for n in (1, 8, 32):
+            g = gen[f"gpt2_{dtype}_tokens_per_second_{n}_seq"]
+            step = g["decode_bytes_per_step"]
+            bound = n * bandwidth * 1e9 / (step["weights"] + step["self_cache"])
+            add(f"GPT-2 {dtype} {n} sequence(s), decode tokens/s vs the memory-bandwidth bound", g["lote"],
+                bound, g["lote"] / bound, 0.77 if n == 1 else None)  # within 1.3x of the bound
+        d = gen[f"distilbart_{dtype}_seconds_per_document_4_beams"]
+        step = d["decode_bytes_per_step"]
+        bound_seconds = 63 * (step["weights"] + step["self_cache"] + step["cross_cache_shared"]) / (bandwidth * 1e9)
+        add(f"DistilBART {dtype} 4 beams, documents/s vs the memory-bandwidth bound (cross-attention shared by beams)",
+            1 / d["lote"], 1 / bound_seconds, bound_seconds / d["lote"])
     # Runs before the bf16 streams were added have fp32 stream rows without a dtype.
     streams = {(r.get("dtype", "fp32"), r["concurrency"]): r
                for r in results["grpc_load"] if "streams" in r["scenario"]}
@@ -176,7 +193,8 @@ def charts(results: dict) -> None:
 
     # Throughput ratios only: not the efficiency shares (peer = the matmul peak) nor memory.
     compared = [r for r in rows(results)
-                if r[2] is not None and r[3] is not None and r[6] and "matmul peak" not in r[0]]
+                if r[2] is not None and r[3] is not None and r[6]
+                and "matmul peak" not in r[0] and "bandwidth bound" not in r[0]]
     fig, axis = plt.subplots(figsize=(10, 0.38 * len(compared) + 1.2))
     labels = [r[0].replace(", tokens/s", "").replace(", documents/s", "") for r in compared]
     ratios = [r[3] for r in compared]
@@ -271,6 +289,8 @@ def main() -> None:
     section("encoder_tasks", lambda: run_json([python, str(HERE / "encoder_tasks.py"), str(lote), *repeats,
                                                *few("--qa", "4", "--masks", "8")]))
     section("matmul_peak", lambda: run_json([python, str(HERE / "matmul_peak.py"), *few("--seconds", "0.1")]))
+    section("memory_bandwidth", lambda: run_json([python, str(HERE / "memory_bandwidth.py"),
+                                                  *few("--seconds", "0.1")]))
     section("generation", lambda: run_json([python, str(HERE / "generation_throughput.py"), str(lote), *repeats]))
     section("grpc_load", grpc_load)
     documents = "200" if smoke else "3000"

@@ -49,6 +49,7 @@ fn the_benchmark_harness_runs_every_workload_on_tiny_models() {
         "embeddings",
         "encoder_tasks",
         "matmul_peak",
+        "memory_bandwidth",
         "generation",
         "grpc_load",
         "jobs_transport",
@@ -58,6 +59,7 @@ fn the_benchmark_harness_runs_every_workload_on_tiny_models() {
     }
     let table = std::fs::read_to_string(results.path().join("latest.md")).unwrap();
     assert!(table.contains("| workload | lote | peer |"), "{table}");
+    assert!(table.contains("decode tokens/s vs the memory-bandwidth bound"), "{table}");
     for chart in ["throughput.png", "latency.png"] {
         assert!(results.path().join(chart).is_file(), "{chart} was not drawn");
     }
