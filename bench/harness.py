@@ -256,7 +256,7 @@ def main() -> None:
     if missing:
         release = "" if options.profile == "debug" else f" --profile {options.profile}"
         raise SystemExit(f"harness: {', '.join(missing)} missing: build them with "
-                         f"`cargo build{release} --bin lote --examples` (make bench does)")
+                         f"`cargo build{release} --bin lote --examples` (make test and make bench do)")
     python = sys.executable
     RESULTS.mkdir(exist_ok=True)
     partial = RESULTS / "partial.json"

@@ -47,7 +47,7 @@ def main() -> None:
               "read_gb_per_second": rate(lambda: x.sum(), x.nbytes, args.seconds),
               "copy_gb_per_second": rate(lambda: y.copy_(x), 2 * x.nbytes, args.seconds)}
     del y
-    # GPT-2 small's LM head shape ([vocab, 768]) at smoke size too, cut to the buffer's size.
+    # A weight as wide as GPT-2 small's hidden size (768 columns), as many rows as the buffer holds.
     columns = 768
     rows = elements // columns
     for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):

@@ -170,21 +170,6 @@ pub fn venv_python(modules: &[&str]) -> std::path::PathBuf {
     python
 }
 
-/// A bench/ program built as a cargo example (`load`, `jobs_transport`), beside the `lote` this
-/// test runs. `cargo test` compiles examples but leaves no `target/PROFILE/examples/NAME`;
-/// `cargo build --examples` does, and `make test` runs it first. A missing one fails the test
-/// with that instruction: it is never skipped.
-pub fn example_binary(name: &str) -> std::path::PathBuf {
-    let lote = std::path::Path::new(env!("CARGO_BIN_EXE_lote"));
-    let path = lote.with_file_name("examples").join(name);
-    assert!(
-        path.is_file(),
-        "{} missing: build it with `cargo build --examples` (make test does)",
-        path.display()
-    );
-    path
-}
-
 /// Sends `signal` to a child process (SIGTERM, SIGINT, SIGKILL).
 pub fn send_signal(child: &Child, signal: i32) {
     // SAFETY: kill(2) on our own child's pid.

@@ -3,13 +3,7 @@
 
 use std::process::Command;
 
-use crate::common::{example_binary, venv_python};
-
-#[test]
-#[should_panic(expected = "no-such-example missing: build it with `cargo build --examples`")]
-fn a_missing_example_binary_is_named_with_its_build_command() {
-    example_binary("no-such-example");
-}
+use crate::common::venv_python;
 
 #[test]
 #[should_panic(expected = "lacks the Python packages no_such_module_lote: run `make setup`")]
@@ -35,7 +29,7 @@ fn the_bench_harness_names_missing_binaries_before_any_workload() {
         stderr.starts_with(&format!("harness: {}, ", lote.display()))
             && stderr.contains("debug/examples/load, ")
             && stderr.trim_end().ends_with(
-                "missing: build them with `cargo build --bin lote --examples` (make bench does)"
+                "missing: build them with `cargo build --bin lote --examples` (make test and make bench do)"
             ),
         "{stderr}"
     );
