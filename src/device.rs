@@ -37,12 +37,24 @@ impl Placement {
         device_name(self.device)
     }
 
+    /// The same device with a model's own dtype, when it has one.
+    pub fn with_dtype(self, dtype: Option<Dtype>) -> Self {
+        Self { dtype: dtype.unwrap_or(self.dtype), ..self }
+    }
+
+    /// The floating point kind of weights and activations (int8 keeps everything but its
+    /// linear layers' weights in fp32).
     pub fn kind(&self) -> tch::Kind {
         match self.dtype {
-            Dtype::Fp32 => tch::Kind::Float,
+            Dtype::Fp32 | Dtype::Int8 => tch::Kind::Float,
             Dtype::Bf16 => tch::Kind::BFloat16,
             Dtype::Fp16 => tch::Kind::Half,
         }
+    }
+
+    /// Whether linear layers run in int8.
+    pub fn int8_linears(&self) -> bool {
+        self.dtype == Dtype::Int8
     }
 }
 

@@ -160,6 +160,7 @@ impl Runner {
             name: "run".into(),
             task: request.task,
             path: request.model.to_path_buf(),
+            dtype: None,
         };
         let loaded = registry::load(&settings, &request.placement, request.policy)?;
         let runtime = tokio::runtime::Builder::new_multi_thread()

@@ -46,6 +46,7 @@ async fn the_broker_closing_connections_and_postgres_restarting_lose_nothing() {
         name: "gpt2".into(),
         task: Task::TextGeneration,
         path: fixture_model("generation/gpt2"),
+        dtype: None,
     }];
     let server = TestServer::start(settings).await;
     wait_ready(server.grpc_addr).await;

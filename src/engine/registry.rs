@@ -141,7 +141,7 @@ impl Registry {
     ) -> Result<(), LoadError> {
         for slot in &self.slots {
             let settings = slot.settings.clone();
-            let placement = self.placement;
+            let placement = self.placement.with_dtype(settings.dtype);
             let error = |source| LoadError {
                 name: settings.name.clone(),
                 path: settings.path.clone(),
@@ -209,7 +209,7 @@ impl Registry {
                     architecture: slot.architecture.clone(),
                     max_input_tokens: loaded.map_or(0, |(_, max, _)| *max),
                     device: self.placement.device_name(),
-                    dtype: self.placement.dtype.to_string(),
+                    dtype: self.placement.with_dtype(slot.settings.dtype).dtype.to_string(),
                     ready: loaded.is_some(),
                     weights_sha256: loaded.map(|(.., sha)| sha.clone()).unwrap_or_default(),
                 }

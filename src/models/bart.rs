@@ -187,7 +187,7 @@ pub struct Bart {
     embed_scale: f64,
     encoder: Stack,
     decoder: Stack,
-    lm_head: Tensor,
+    lm_head: Linear,
     final_logits_bias: Option<Tensor>,
     activation: Activation,
     pre_norm: bool,
@@ -207,6 +207,7 @@ impl Bart {
         let lm_head = w
             .get_optional("lm_head.weight", &[cfg.vocab_size, cfg.d_model])?
             .unwrap_or_else(|| shared.shallow_clone());
+        let lm_head = Linear::new(w, lm_head, None);
         Ok(Self {
             embed_scale: if cfg.scale_embedding { (cfg.d_model as f64).sqrt() } else { 1.0 },
             encoder: Stack::load(w, "model.encoder", cfg, false, pre_norm)?,
@@ -306,7 +307,7 @@ impl Seq2Seq for Bart {
         if let Some(norm) = &self.decoder.final_norm {
             x = norm.forward(&x);
         }
-        let logits = x.matmul(&self.lm_head.tr());
+        let logits = self.lm_head.forward(&x);
         match &self.final_logits_bias {
             Some(bias) => logits + bias,
             None => logits,

@@ -276,5 +276,5 @@ pub fn tied_decoder(
         None => word_embeddings.shallow_clone(),
     };
     let bias = w.get(bias_name, &[shape[0]])?;
-    Ok(Linear::from_parts(weight, Some(bias)))
+    Ok(Linear::new(w, weight, Some(bias)))
 }

@@ -12,7 +12,6 @@ use super::{
     gpt2::{Gpt2, Gpt2Config, Gpt2Step},
     seq2seq::{Seq2Seq, Seq2SeqStep},
     t5::{T5, T5Config},
-    weights::Weights,
 };
 use crate::{
     device::Placement,
@@ -94,7 +93,7 @@ pub fn load_generator(dir: &Path, placement: &Placement) -> Result<LoadedGenerat
     if !SUPPORTED_GENERATIVE_TYPES.contains(&model_type.as_str()) {
         return Err(ModelError::UnsupportedGenerativeType { found: model_type });
     }
-    let weights = Weights::load(dir, placement.device, placement.kind())?;
+    let weights = super::load_weights(dir, placement)?;
     let (model, max_positions) = match model_type.as_str() {
         "gpt2" => {
             let cfg: Gpt2Config = arch_config(&config)?;

@@ -49,7 +49,7 @@ fn yes() -> bool {
 fn conv1d(w: &Weights, name: &str, input: i64, output: i64) -> Result<Linear, WeightsError> {
     let weight = w.get(&format!("{name}.weight"), &[input, output])?.t_().contiguous();
     let bias = w.get(&format!("{name}.bias"), &[output])?;
-    Ok(Linear::from_parts(weight, Some(bias)))
+    Ok(Linear::new(w, weight, Some(bias)))
 }
 
 struct Block {
@@ -70,7 +70,7 @@ pub struct Gpt2 {
     wpe: Tensor,
     blocks: Vec<Block>,
     ln_f: LayerNorm,
-    lm_head: Tensor,
+    lm_head: Linear,
     heads: i64,
     activation: Activation,
     pub config: Gpt2Config,
@@ -110,6 +110,7 @@ impl Gpt2 {
         let lm_head = w
             .get_optional("lm_head.weight", &[cfg.vocab_size, d])?
             .unwrap_or_else(|| wte.shallow_clone());
+        let lm_head = Linear::new(w, lm_head, None);
         Ok(Self {
             wpe: w.get(&format!("{p}wpe.weight"), &[cfg.n_positions, d])?,
             wte,
@@ -146,7 +147,7 @@ impl Gpt2 {
             let inner = self.activation.forward(&block.c_fc.forward(&block.ln_2.forward(&x)));
             x += block.mlp_proj.forward(&inner);
         }
-        self.ln_f.forward(&x).matmul(&self.lm_head.tr())
+        self.lm_head.forward(&self.ln_f.forward(&x))
     }
 
     fn attention(

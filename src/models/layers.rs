@@ -6,29 +6,48 @@
 use serde::Deserialize;
 use tch::Tensor;
 
-use super::weights::{Weights, WeightsError};
+use super::{
+    int8::Int8Weight,
+    weights::{Weights, WeightsError},
+};
 
-/// `y = x W^T + b`, weights as PyTorch's nn.Linear stores them (`[out, in]`).
+/// `y = x W^T + b`, weights as PyTorch's nn.Linear stores them (`[out, in]`), or their int8
+/// form when the weights were loaded for `dtype = "int8"` (see [`super::int8`]).
 #[derive(Debug)]
 pub struct Linear {
-    weight: Tensor,
+    weight: LinearWeight,
     bias: Option<Tensor>,
+}
+
+#[derive(Debug)]
+enum LinearWeight {
+    Dense(Tensor),
+    Int8(Int8Weight),
 }
 
 impl Linear {
     pub fn load(w: &Weights, name: &str, input: i64, output: i64) -> Result<Self, WeightsError> {
-        Ok(Self {
-            weight: w.get(&format!("{name}.weight"), &[output, input])?,
-            bias: Some(w.get(&format!("{name}.bias"), &[output])?),
-        })
+        let weight = w.get(&format!("{name}.weight"), &[output, input])?;
+        Ok(Self::new(w, weight, Some(w.get(&format!("{name}.bias"), &[output])?)))
     }
 
-    pub fn from_parts(weight: Tensor, bias: Option<Tensor>) -> Self {
+    /// A linear layer over `weight` `[out, in]`, quantized when `w` was loaded for int8.
+    pub fn new(w: &Weights, weight: Tensor, bias: Option<Tensor>) -> Self {
+        let weight = match w.int8_linears() {
+            true => LinearWeight::Int8(Int8Weight::quantize(&weight)),
+            false => LinearWeight::Dense(weight),
+        };
         Self { weight, bias }
     }
 
     pub fn forward(&self, x: &Tensor) -> Tensor {
-        x.linear(&self.weight, self.bias.as_ref())
+        match &self.weight {
+            LinearWeight::Dense(weight) => x.linear(weight, self.bias.as_ref()),
+            LinearWeight::Int8(weight) => match &self.bias {
+                Some(bias) => weight.matmul(x) + bias,
+                None => weight.matmul(x),
+            },
+        }
     }
 }
 

@@ -14,6 +14,7 @@ pub mod electra;
 pub mod generative;
 pub mod gpt2;
 pub mod heads;
+pub mod int8;
 pub mod kv_cache;
 pub mod layers;
 pub mod roberta;
@@ -158,7 +159,7 @@ pub fn load_encoder(dir: &Path, placement: &Placement) -> Result<LoadedEncoder, 
     }
     let head = config.head_kind()?;
     let labels = config.labels()?;
-    let weights = Weights::load(dir, placement.device, placement.kind())?;
+    let weights = load_weights(dir, placement)?;
     let count = labels.len() as i64;
     let model: Box<dyn Encoder> = match config.model_type.as_str() {
         "bert" => Box::new(bert::Bert::load(&weights, &arch_config(raw)?, head, count)?),
@@ -171,6 +172,20 @@ pub fn load_encoder(dir: &Path, placement: &Placement) -> Result<LoadedEncoder, 
         other => unreachable!("model_type {other} was checked above"),
     };
     Ok(LoadedEncoder { config, labels, model, sha256: weights.sha256().to_string() })
+}
+
+/// The weights of `dir` on `placement`'s device, in its dtype, linear layers marked for int8
+/// when it is `int8` (a CPU mode: `_int_mm` on CUDA needs more than 16 rows, which one decode
+/// row does not have).
+pub fn load_weights(dir: &Path, placement: &Placement) -> Result<Weights, ModelError> {
+    if placement.int8_linears() && placement.device.is_cuda() {
+        return Err(ModelError::Unsupported(format!(
+            "dtype int8 runs on CPU; on {} use bf16 or fp16",
+            placement.device_name()
+        )));
+    }
+    let weights = Weights::load(dir, placement.device, placement.kind())?;
+    Ok(weights.with_int8_linears(placement.int8_linears()))
 }
 
 fn arch_config<T: serde::de::DeserializeOwned>(raw: serde_json::Value) -> Result<T, ModelError> {

@@ -9,7 +9,7 @@ use tch::{Kind, Tensor};
 
 use super::{
     ModelError,
-    layers::{Activation, attention_bias},
+    layers::{Activation, Linear, attention_bias},
     seq2seq::{DecoderCache, Seq2Seq, decoder_self_bias},
     weights::{Weights, WeightsError},
 };
@@ -52,6 +52,11 @@ fn yes() -> bool {
     true
 }
 
+/// T5's projections have no bias.
+fn unbiased(w: &Weights, name: &str, input: i64, output: i64) -> Result<Linear, WeightsError> {
+    Ok(Linear::new(w, w.get(&format!("{name}.weight"), &[output, input])?, None))
+}
+
 /// T5's LayerNorm: scale only, no mean subtraction, variance in fp32.
 struct RmsNorm {
     weight: Tensor,
@@ -75,10 +80,10 @@ impl RmsNorm {
 }
 
 struct Attention {
-    q: Tensor,
-    k: Tensor,
-    v: Tensor,
-    o: Tensor,
+    q: Linear,
+    k: Linear,
+    v: Linear,
+    o: Linear,
     heads: i64,
     d_kv: i64,
 }
@@ -87,18 +92,18 @@ impl Attention {
     fn load(w: &Weights, at: &str, cfg: &T5Config) -> Result<Self, WeightsError> {
         let inner = cfg.num_heads * cfg.d_kv;
         Ok(Self {
-            q: w.get(&format!("{at}.q.weight"), &[inner, cfg.d_model])?,
-            k: w.get(&format!("{at}.k.weight"), &[inner, cfg.d_model])?,
-            v: w.get(&format!("{at}.v.weight"), &[inner, cfg.d_model])?,
-            o: w.get(&format!("{at}.o.weight"), &[cfg.d_model, inner])?,
+            q: unbiased(w, &format!("{at}.q"), cfg.d_model, inner)?,
+            k: unbiased(w, &format!("{at}.k"), cfg.d_model, inner)?,
+            v: unbiased(w, &format!("{at}.v"), cfg.d_model, inner)?,
+            o: unbiased(w, &format!("{at}.o"), inner, cfg.d_model)?,
             heads: cfg.num_heads,
             d_kv: cfg.d_kv,
         })
     }
 
-    fn project(&self, weight: &Tensor, x: &Tensor) -> Tensor {
+    fn project(&self, weight: &Linear, x: &Tensor) -> Tensor {
         let (b, n, _) = x.size3().expect("[batch, seq, hidden]");
-        x.linear::<Tensor>(weight, None).view([b, n, self.heads, self.d_kv]).transpose(1, 2)
+        weight.forward(x).view([b, n, self.heads, self.d_kv]).transpose(1, 2)
     }
 
     fn attend(&self, x: &Tensor, k: &Tensor, v: &Tensor, bias: &Tensor) -> Tensor {
@@ -107,13 +112,13 @@ impl Attention {
         let scores = q.matmul(&k.transpose(3, 2)) + bias;
         let probs = scores.to_kind(Kind::Float).softmax(-1, Kind::Float).to_kind(scores.kind());
         let out = probs.matmul(v).transpose(1, 2).contiguous().view([b, n, self.heads * self.d_kv]);
-        out.linear::<Tensor>(&self.o, None)
+        self.o.forward(&out)
     }
 }
 
 enum FeedForward {
-    Dense { wi: Tensor, wo: Tensor, activation: Activation },
-    Gated { wi_0: Tensor, wi_1: Tensor, wo: Tensor, activation: Activation },
+    Dense { wi: Linear, wo: Linear, activation: Activation },
+    Gated { wi_0: Linear, wi_1: Linear, wo: Linear, activation: Activation },
 }
 
 impl FeedForward {
@@ -127,27 +132,27 @@ impl FeedForward {
             "gated-silu" => (true, Activation::Silu),
             other => return Err(ModelError::Unsupported(format!("feed_forward_proj `{other}`"))),
         };
-        let wo = w.get(&format!("{at}.wo.weight"), &[d, ff])?;
+        let wo = unbiased(w, &format!("{at}.wo"), ff, d)?;
         Ok(if gated {
             FeedForward::Gated {
-                wi_0: w.get(&format!("{at}.wi_0.weight"), &[ff, d])?,
-                wi_1: w.get(&format!("{at}.wi_1.weight"), &[ff, d])?,
+                wi_0: unbiased(w, &format!("{at}.wi_0"), d, ff)?,
+                wi_1: unbiased(w, &format!("{at}.wi_1"), d, ff)?,
                 wo,
                 activation,
             }
         } else {
-            FeedForward::Dense { wi: w.get(&format!("{at}.wi.weight"), &[ff, d])?, wo, activation }
+            FeedForward::Dense { wi: unbiased(w, &format!("{at}.wi"), d, ff)?, wo, activation }
         })
     }
 
     fn forward(&self, x: &Tensor) -> Tensor {
         match self {
             FeedForward::Dense { wi, wo, activation } => {
-                activation.forward(&x.linear::<Tensor>(wi, None)).linear::<Tensor>(wo, None)
+                wo.forward(&activation.forward(&wi.forward(x)))
             }
             FeedForward::Gated { wi_0, wi_1, wo, activation } => {
-                let gate = activation.forward(&x.linear::<Tensor>(wi_0, None));
-                (gate * x.linear::<Tensor>(wi_1, None)).linear::<Tensor>(wo, None)
+                let gate = activation.forward(&wi_0.forward(x));
+                wo.forward(&(gate * wi_1.forward(x)))
             }
         }
     }
@@ -253,7 +258,7 @@ pub struct T5 {
     shared: Tensor,
     encoder: Stack,
     decoder: Stack,
-    lm_head: Tensor,
+    lm_head: Linear,
     rescale: Option<f64>,
     config: T5Config,
 }
@@ -262,9 +267,9 @@ impl T5 {
     pub fn load(w: &Weights, cfg: &T5Config) -> Result<Self, ModelError> {
         let shared = w.get("shared.weight", &[cfg.vocab_size, cfg.d_model])?;
         let lm_head = if cfg.tie_word_embeddings {
-            shared.shallow_clone()
+            Linear::new(w, shared.shallow_clone(), None)
         } else {
-            w.get("lm_head.weight", &[cfg.vocab_size, cfg.d_model])?
+            unbiased(w, "lm_head", cfg.d_model, cfg.vocab_size)?
         };
         Ok(Self {
             encoder: Stack::load(w, "encoder", cfg, false)?,
@@ -333,7 +338,7 @@ impl Seq2Seq for T5 {
         if let Some(scale) = self.rescale {
             x *= scale;
         }
-        x.matmul(&self.lm_head.tr())
+        self.lm_head.forward(&x)
     }
 
     fn decoder_layers(&self) -> usize {

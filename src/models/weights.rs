@@ -39,6 +39,7 @@ pub enum WeightsError {
 pub struct Weights {
     tensors: HashMap<String, Tensor>,
     sha256: String,
+    int8_linears: bool,
 }
 
 impl Weights {
@@ -51,7 +52,17 @@ impl Weights {
         for path in &files {
             read_file(path, device, kind, &mut tensors, &mut hasher)?;
         }
-        Ok(Self { tensors, sha256: hex(&hasher.finalize()) })
+        Ok(Self { tensors, sha256: hex(&hasher.finalize()), int8_linears: false })
+    }
+
+    /// Whether the models built from these weights quantize their linear layers to int8
+    /// (`dtype = "int8"`); embeddings and norms stay in the loaded dtype.
+    pub fn with_int8_linears(self, int8_linears: bool) -> Self {
+        Self { int8_linears, ..self }
+    }
+
+    pub fn int8_linears(&self) -> bool {
+        self.int8_linears
     }
 
     /// sha256 over the weight files' bytes, in shard order.

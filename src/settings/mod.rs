@@ -163,7 +163,8 @@ named_values! {
 pub struct DeviceSettings {
     /// `auto` (default: CUDA device 0 when libtorch sees one, else CPU), `cpu` or `cuda:N`.
     pub kind: DeviceSpec,
-    /// `fp32` (default), `bf16` or `fp16`.
+    /// `fp32` (default), `bf16`, `fp16`, or `int8` (CPU: linear layers' weights in int8 per
+    /// output channel, activations quantized per row at each call; the rest in fp32).
     pub dtype: Dtype,
     /// libtorch intra-op threads on CPU. Default 0: libtorch's own choice (one per core).
     pub threads: usize,
@@ -179,13 +180,14 @@ pub enum DeviceSpec {
 }
 
 named_values! {
-    /// Floating point type of model weights and activations.
+    /// Numeric type of model weights and activations.
     #[derive(Default)]
     Dtype {
         #[default]
         Fp32 = "fp32",
         Bf16 = "bf16",
         Fp16 = "fp16",
+        Int8 = "int8",
     }
 }
 
@@ -199,6 +201,9 @@ pub struct ModelSettings {
     pub task: Task,
     /// A Hugging Face model directory (config.json, *.safetensors, tokenizer.json). Required.
     pub path: PathBuf,
+    /// This model's dtype, when not `device.dtype`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dtype: Option<Dtype>,
 }
 
 named_values! {

@@ -1,7 +1,8 @@
 //! Continuous batching on the real tiny models: while one long generation runs, others with
 //! different parameters (greedy, beams, several sequences) join its batch and leave it, and
 //! every one of them gives exactly what it gives alone. GPT-2 joins with left-padded caches,
-//! BART and T5 with padded encoder outputs and decoder caches.
+//! BART and T5 with padded encoder outputs and decoder caches. The same holds in int8, whose
+//! activations are quantized per row.
 
 use crate::common;
 
@@ -31,8 +32,8 @@ fn texts(service: &GenerationService, runs: Vec<(String, serde_json::Value)>) ->
     answered.unwrap().results.into_iter().map(|r| r.unwrap().generation.texts).collect()
 }
 
-async fn joins_equal_alone(model: &str, task: Task) {
-    let placement = Placement { device: tch::Device::Cpu, dtype: Dtype::Fp32 };
+async fn joins_equal_alone(model: &str, task: Task, dtype: Dtype) {
+    let placement = Placement { device: tch::Device::Cpu, dtype };
     let dir = common::fixture_model(&format!("generation/{model}"));
     let pipeline = GenerationPipeline::load(&dir, task, &placement).unwrap();
     let policy = Policy::from_settings(&Default::default());
@@ -76,22 +77,37 @@ async fn joins_equal_alone(model: &str, task: Task) {
         }
     }
     assert!(finished, "the long generation was still running while the others joined");
-    assert_eq!(together, alone, "{model}: joined generations differ from alone");
+    assert_eq!(together, alone, "{model} {dtype}: joined generations differ from alone");
     let expected = &long_alone[0][0];
     assert!(expected.ends_with(&streamed), "{model}: {streamed:?} vs {expected:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn gpt2_joins_give_what_each_gives_alone() {
-    joins_equal_alone("gpt2", Task::TextGeneration).await;
+    joins_equal_alone("gpt2", Task::TextGeneration, Dtype::Fp32).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gpt2_joins_in_int8_give_what_each_gives_alone() {
+    joins_equal_alone("gpt2", Task::TextGeneration, Dtype::Int8).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bart_joins_give_what_each_gives_alone() {
-    joins_equal_alone("bart", Task::Summarization).await;
+    joins_equal_alone("bart", Task::Summarization, Dtype::Fp32).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bart_joins_in_int8_give_what_each_gives_alone() {
+    joins_equal_alone("bart", Task::Summarization, Dtype::Int8).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn t5_joins_give_what_each_gives_alone() {
-    joins_equal_alone("t5", Task::Summarization).await;
+    joins_equal_alone("t5", Task::Summarization, Dtype::Fp32).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t5_joins_in_int8_give_what_each_gives_alone() {
+    joins_equal_alone("t5", Task::Summarization, Dtype::Int8).await;
 }

@@ -12,7 +12,7 @@ use lote::{
 use serde_json::Value;
 use tch::Tensor;
 
-const MODELS: &[&str] = &[
+pub(crate) const MODELS: &[&str] = &[
     "bert-mlm",
     "bert-mlm-relu",
     "bert-qa",
@@ -43,15 +43,15 @@ fn cpu() -> Placement {
     Placement { device: tch::Device::Cpu, dtype: lote::settings::Dtype::Fp32 }
 }
 
-fn rows(value: &Value) -> Vec<Vec<u32>> {
+pub(crate) fn rows(value: &Value) -> Vec<Vec<u32>> {
     value.as_array().unwrap().iter().map(ids).collect()
 }
 
-fn ids(value: &Value) -> Vec<u32> {
+pub(crate) fn ids(value: &Value) -> Vec<u32> {
     value.as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect()
 }
 
-fn tensor(value: &Value) -> Tensor {
+pub(crate) fn tensor(value: &Value) -> Tensor {
     fn flatten(value: &Value, out: &mut Vec<f32>, shape: &mut Vec<i64>, depth: usize) {
         match value {
             Value::Array(items) => {
@@ -71,7 +71,7 @@ fn tensor(value: &Value) -> Tensor {
 }
 
 /// The model's output in reference order: (start, end) stacked for QA, else the single tensor.
-fn reference_output(outputs: &Value) -> Tensor {
+pub(crate) fn reference_output(outputs: &Value) -> Tensor {
     for key in ["logits", "last_hidden_state"] {
         if !outputs[key].is_null() {
             return tensor(&outputs[key]);
@@ -80,12 +80,12 @@ fn reference_output(outputs: &Value) -> Tensor {
     Tensor::stack(&[tensor(&outputs["start_logits"]), tensor(&outputs["end_logits"])], -1)
 }
 
-fn max_diff(a: &Tensor, b: &Tensor) -> f64 {
+pub(crate) fn max_diff(a: &Tensor, b: &Tensor) -> f64 {
     assert_eq!(a.size(), b.size(), "shapes differ");
     (a - b).abs().max().double_value(&[])
 }
 
-fn input(ids: &[Vec<u32>], types: Option<Vec<Vec<u32>>>, pad_id: u32) -> EncoderInput {
+pub(crate) fn input(ids: &[Vec<u32>], types: Option<Vec<Vec<u32>>>, pad_id: u32) -> EncoderInput {
     let id_refs: Vec<&[u32]> = ids.iter().map(Vec::as_slice).collect();
     let type_refs: Option<Vec<&[u32]>> =
         types.as_ref().map(|t| t.iter().map(Vec::as_slice).collect());

@@ -10,13 +10,13 @@ use common::{TestServer, fixture_model, read_reference, test_settings};
 use lote::{
     Settings,
     grpc::pb::{self, inference_client::InferenceClient, models_client::ModelsClient},
-    settings::{ModelSettings, Task},
+    settings::{Dtype, ModelSettings, Task},
 };
 use serde_json::Value;
 use tonic::{Code, transport::Channel};
 
 fn model(name: &str, task: Task, fixture: &str) -> ModelSettings {
-    ModelSettings { name: name.into(), task, path: fixture_model(fixture) }
+    ModelSettings { name: name.into(), task, path: fixture_model(fixture), dtype: None }
 }
 
 fn settings() -> Settings {
@@ -29,6 +29,11 @@ fn settings() -> Settings {
         model("mlm", Task::FillMask, "bert-mlm"),
         model("gpt2", Task::TextGeneration, "generation/gpt2"),
         model("bart", Task::Summarization, "generation/bart"),
+        // A model of its own dtype beside the worker's fp32 ones.
+        ModelSettings {
+            dtype: Some(Dtype::Int8),
+            ..model("embed-int8", Task::FeatureExtraction, "bert-embed-mean")
+        },
     ];
     settings.server.limits.max_inputs_per_call = 32;
     settings.server.limits.max_message_bytes = 64 * 1024;
@@ -405,7 +410,7 @@ async fn models_report_their_state_and_every_task_answers() {
     let server = start(settings()).await;
     let mut models = ModelsClient::new(server.channel().await);
     let listed = models.list_models(pb::ListModelsRequest {}).await.unwrap().into_inner();
-    assert_eq!(listed.models.len(), 7);
+    assert_eq!(listed.models.len(), 8);
     let qa = models.get_model(pb::GetModelRequest { name: "qa".into() }).await.unwrap();
     let qa = qa.into_inner();
     assert_eq!(
@@ -413,6 +418,11 @@ async fn models_report_their_state_and_every_task_answers() {
         ("question-answering", "BertForQuestionAnswering", "ready", "cpu")
     );
     assert!(qa.max_input_tokens > 0);
+    assert_eq!(qa.dtype, "fp32");
+    let int8 = models.get_model(pb::GetModelRequest { name: "embed-int8".into() }).await.unwrap();
+    assert_eq!(int8.into_inner().dtype, "int8");
+    let embedded = client(&server).await.embed(embed_request("embed-int8", &["em int8"])).await;
+    assert_eq!(embedded.unwrap().into_inner().embeddings.len(), 1);
     let missing = models.get_model(pb::GetModelRequest { name: "nada".into() }).await;
     assert_eq!(missing.unwrap_err().code(), Code::NotFound);
 
@@ -514,6 +524,7 @@ async fn a_model_that_cannot_load_stops_the_server_with_its_reason() {
         name: "broken".into(),
         task: Task::FeatureExtraction,
         path: empty.path().to_path_buf(),
+        dtype: None,
     }];
     let server = lote::Server::bind(settings).await.unwrap();
     let result =
@@ -570,8 +581,7 @@ async fn lote_infer_prints_the_answer_as_json() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_model_still_loading_answers_unavailable() {
-    let placement =
-        lote::device::Placement { device: tch::Device::Cpu, dtype: lote::settings::Dtype::Fp32 };
+    let placement = lote::device::Placement { device: tch::Device::Cpu, dtype: Dtype::Fp32 };
     let models = vec![model("embed", Task::FeatureExtraction, "bert-embed-mean")];
     let registry = lote::engine::registry::Registry::new(&models, placement);
     let error = registry.get("embed").err().expect("not loaded yet");

@@ -100,6 +100,7 @@ async fn a_cancelled_job_is_not_computed_further() {
         name: "m".into(),
         task: Task::TextGeneration,
         path: fixture_model("generation/gpt2"),
+        dtype: None,
     };
     let (server, prefix) = amqp_server(model).await;
     let mut client = jobs_client(server.grpc_addr).await;
@@ -135,6 +136,7 @@ async fn another_service_publishes_documents_straight_to_the_queue() {
         name: "m".into(),
         task: Task::FeatureExtraction,
         path: fixture_model("bert-embed-mean"),
+        dtype: None,
     };
     let (server, prefix) = amqp_server(model).await;
     let mut client = jobs_client(server.grpc_addr).await;
@@ -205,6 +207,7 @@ async fn poison_and_malformed_messages_end_in_the_dead_letter_queue_with_reasons
         name: "stand".into(),
         task: Task::TextClassification,
         path: "/nowhere".into(),
+        dtype: None,
     }];
     let store = JobStore::connect(&broker::fresh_postgres().await).await.unwrap();
     let stand = Arc::new(Stand { crashes_in_batch: AtomicUsize::new(0) });
@@ -283,6 +286,7 @@ async fn a_consumer_cancelled_by_the_broker_subscribes_again() {
         name: "m".into(),
         task: Task::FeatureExtraction,
         path: fixture_model("bert-embed-mean"),
+        dtype: None,
     };
     let (server, prefix) = amqp_server(model).await;
     // Deleting the queue cancels the worker's consumer on it (a broker-side cancel).

@@ -26,11 +26,13 @@ fn settings() -> Settings {
             name: "embed".into(),
             task: Task::FeatureExtraction,
             path: fixture_model("bert-embed-mean"),
+            dtype: None,
         },
         ModelSettings {
             name: "gpt2".into(),
             task: Task::TextGeneration,
             path: fixture_model("generation/gpt2"),
+            dtype: None,
         },
     ];
     settings

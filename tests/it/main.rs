@@ -17,6 +17,7 @@ mod engine_encoder;
 mod examples;
 mod generation_parity;
 mod inference;
+mod int8;
 mod job_store;
 mod jobs_amqp;
 mod jobs_local;

@@ -169,6 +169,10 @@ fn bad_value_in_file_names_key_and_file() {
         ("[store]\nurl = \"mysql://x\"\n", "store.url"),
         ("[[models]]\nname = \"m\"\ntask = \"translation\"\npath = \"/m\"\n", "models.0.task"),
         ("[[models]]\nname = \"m\"\ntask = \"fill-mask\"\n", "models.0.path"),
+        (
+            "[[models]]\nname = \"m\"\ntask = \"fill-mask\"\npath = \"/m\"\ndtype = \"int4\"\n",
+            "models.0.dtype",
+        ),
         ("[server.tls]\ncert = \"/c.pem\"\n", "server.tls"),
         ("[server.tls]\nclient_ca = \"/ca.pem\"\n", "server.tls.client_ca"),
     ] {
@@ -249,9 +253,9 @@ fn binary_exits_2_with_one_line_for_each_bad_setting() {
         ),
         (
             vec!["serve"],
-            vec![("LOTE__DEVICE__DTYPE", "int8")],
+            vec![("LOTE__DEVICE__DTYPE", "int4")],
             "lote: error: bad value for `device.dtype` in environment variable \
-             LOTE__DEVICE__DTYPE: `int8` is not one of fp32, bf16, fp16"
+             LOTE__DEVICE__DTYPE: `int4` is not one of fp32, bf16, fp16, int8"
                 .into(),
         ),
     ];
