@@ -1,7 +1,7 @@
 //! What an encoder-decoder model (BART, T5) offers generation: run the encoder once, then the
 //! decoder one step at a time over a self-attention cache and a cross-attention cache that is
-//! filled on the first step and only reordered after. [`Seq2SeqStep`] adapts any of them to the
-//! generation loop.
+//! filled on the first step and reordered only when rows change inputs (never by a beam step).
+//! [`Seq2SeqStep`] adapts any of them to the generation loop.
 
 use tch::{Kind, Tensor};
 
@@ -17,11 +17,6 @@ pub struct DecoderCache {
 impl DecoderCache {
     pub fn new(layers: usize) -> Self {
         Self { self_attention: KvCache::new(layers), cross_attention: KvCache::new(layers) }
-    }
-
-    pub fn select_rows(&mut self, rows: &Tensor) {
-        self.self_attention.select_rows(rows);
-        self.cross_attention.select_rows(rows);
     }
 }
 
@@ -51,6 +46,10 @@ pub struct Seq2SeqStep<'a> {
     /// `[rows, past]`: 1 for real decoder tokens, 0 for padding.
     decoder_mask: Tensor,
     cache: DecoderCache,
+    /// The input whose encoder output (and mask and cross-attention keys and values) each row
+    /// holds. The beams of one input hold the same, so a beam reorder, which keeps every row on
+    /// its input, moves none of it: only the decoder's own cache and mask follow the beams.
+    row_sources: Vec<i64>,
 }
 
 impl<'a> Seq2SeqStep<'a> {
@@ -65,6 +64,7 @@ impl<'a> Seq2SeqStep<'a> {
             encoder_mask: mask.to_kind(Kind::Int64),
             decoder_mask: Tensor::zeros([rows, 0], (Kind::Int64, ids.device())),
             cache: DecoderCache::new(model.decoder_layers()),
+            row_sources: (0..rows).collect(),
         }
     }
 }
@@ -85,14 +85,25 @@ impl DecoderStep for Seq2SeqStep<'_> {
     }
 
     fn select_rows(&mut self, rows: &Tensor) {
-        self.encoder_out = self.encoder_out.index_select(0, rows);
-        self.encoder_mask = self.encoder_mask.index_select(0, rows);
         self.decoder_mask = self.decoder_mask.index_select(0, rows);
-        self.cache.select_rows(rows);
+        self.cache.self_attention.select_rows(rows);
+        // Row i is to hold what row rows[i] holds; where that is already its own input's, the
+        // per-input state stays where it is (a few indices read back, not megabytes copied).
+        let picked =
+            Vec::<i64>::try_from(rows.to_device(tch::Device::Cpu)).expect("row indices are int64");
+        let sources: Vec<i64> = picked.iter().map(|&row| self.row_sources[row as usize]).collect();
+        if sources != self.row_sources {
+            self.encoder_out = self.encoder_out.index_select(0, rows);
+            self.encoder_mask = self.encoder_mask.index_select(0, rows);
+            self.cache.cross_attention.select_rows(rows);
+            self.row_sources = sources;
+        }
     }
 
     fn into_rows(self: Box<Self>) -> RowState {
         let mut state = RowState::default();
+        let sources = Tensor::from_slice(&self.row_sources).view([-1, 1]);
+        state.parts.push((sources, 1, PadSide::End));
         state.parts.push((self.encoder_out, 1, PadSide::End));
         state.parts.push((self.encoder_mask, 1, PadSide::End));
         state.parts.push((self.decoder_mask, 1, PadSide::Start));
@@ -104,6 +115,11 @@ impl DecoderStep for Seq2SeqStep<'_> {
     fn append_rows(&mut self, other: RowState) {
         let mut parts = other.parts.into_iter();
         let mut next = || parts.next().expect("rows of a step of the same model");
+        // The joining rows' inputs are new ones: numbered after this step's.
+        let (sources, ..) = next();
+        let first = self.row_sources.iter().max().map_or(0, |last| last + 1);
+        let sources = Vec::<i64>::try_from(sources.view([-1])).expect("int64 sources");
+        self.row_sources.extend(sources.iter().map(|source| first + source));
         let (out, dim, side) = next();
         self.encoder_out = append_padded(&self.encoder_out, &out, dim, side);
         let (mask, dim, side) = next();
