@@ -25,13 +25,18 @@ impl KvCache {
         out
     }
 
-    /// Keys and values stored once (cross-attention), computed by `make` the first time.
+    /// Keys and values stored once (cross-attention), computed by `make` the first time and
+    /// kept contiguous: heads split off a projection are a transposed view, which `matmul`
+    /// would copy whole at every later step (a third of a DistilBART beam step did that).
     pub fn get_or_insert(
         &mut self,
         layer: usize,
         make: impl FnOnce() -> (Tensor, Tensor),
     ) -> (Tensor, Tensor) {
-        let entry = self.layers[layer].get_or_insert_with(make);
+        let entry = self.layers[layer].get_or_insert_with(|| {
+            let (keys, values) = make();
+            (keys.contiguous(), values.contiguous())
+        });
         (entry.0.shallow_clone(), entry.1.shallow_clone())
     }
 
