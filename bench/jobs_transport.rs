@@ -69,6 +69,7 @@ async fn main() {
             name: "echo".into(),
             task: Task::TextClassification,
             path: "/none".into(),
+            dtype: None,
         }];
         let (jobs, consumers) = prepare_with(&settings, store.clone(), Arc::new(Echo));
         let (stop, stopped) = tokio::sync::watch::channel(false);
