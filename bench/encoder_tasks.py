@@ -68,6 +68,10 @@ def mask_inputs(count: int) -> list[dict]:
     return out
 
 
+# lote runs in each; the pipelines have no int8 (its peers are in ct2_peers.py).
+LOTE_DTYPES = ("fp32", "bf16", "int8")
+
+
 def agreement(fp32: list, bf16: list, key, score) -> dict:
     same = sum(key(a) == key(b) for a, b in zip(fp32, bf16))
     return {"same_share": same / len(fp32),
@@ -80,7 +84,7 @@ def measure_task(args, task, model_dir, records, real_tokens, peer_call, key, sc
 
     peers = {"fp32": pipeline(task, model=str(model_dir), framework="pt", device=-1),
              "bf16": pipeline(task, model=str(model_dir), framework="pt", device=-1, torch_dtype=torch.bfloat16)}
-    timings: dict[str, list[float]] = {"lote-fp32": [], "lote-bf16": []}
+    timings: dict[str, list[float]] = {"lote-fp32": [], "lote-bf16": [], "lote-int8": []}
     for dtype in peers:
         for size in PIPELINE_BATCH_SIZES:
             timings[f"pipeline-{dtype}-{size}"] = []
@@ -89,7 +93,7 @@ def measure_task(args, task, model_dir, records, real_tokens, peer_call, key, sc
         work = Path(tmp)
         startup = startup_seconds(args.binary, model_dir, task, records[0], work, args.repeats)
         for _ in range(args.repeats):
-            for dtype in ("fp32", "bf16"):
+            for dtype in LOTE_DTYPES:
                 run = run_lote(args.binary, model_dir, task, records, work, device__dtype=dtype)
                 timings[f"lote-{dtype}"].append(run.measured.seconds - startup)
                 runs[dtype], outputs[dtype] = run, lote_outputs(work)
@@ -106,7 +110,10 @@ def measure_task(args, task, model_dir, records, real_tokens, peer_call, key, sc
         report[dtype] = {"lote": rate[f"lote-{dtype}"], "pipeline": best,
                          "ratio_lote_over_pipeline": rate[f"lote-{dtype}"] / best,
                          "efficiency": efficiency(json.loads((model_dir / "config.json").read_text()), runs[dtype])}
+    report["int8"] = {"lote": rate["lote-int8"],
+                      "efficiency": efficiency(json.loads((model_dir / "config.json").read_text()), runs["int8"])}
     report["bf16_drift"] = agreement(outputs["fp32"], outputs["bf16"], key, score)
+    report["int8_drift"] = agreement(outputs["fp32"], outputs["int8"], key, score)
     return report
 
 

