@@ -9,13 +9,13 @@
 //! output: what is checked is that int8 computes the same function, not a figure of merit.
 //! The figures that matter (real MiniLM, real-shape drift) are beside the speed in `make bench`.
 
-use crate::{common, encoder_parity};
+use crate::{common, encoder_parity, minilm};
 
 use lote::{
     device::Placement,
     models::{generative::load_generator, load_encoder},
-    settings::{Dtype, Task},
-    tasks::{Embedding, EncoderPipeline, TaskInput, TaskOutput, pipeline::BatchBudget},
+    settings::Dtype,
+    tasks::pipeline::BatchBudget,
     tokenize::TextTokenizer,
 };
 use tch::{Device, Kind, Tensor};
@@ -116,32 +116,11 @@ fn int8_refuses_cuda_with_a_clear_error() {
 
 #[test]
 fn real_minilm_in_int8_keeps_cosine_above_0_99() {
-    let root = common::fixture_model("bert-mlm").parent().unwrap().to_path_buf();
-    let reference = common::read_json(&root.join("minilm-reference.json"));
-    let model_dir = std::path::PathBuf::from(reference["model_dir"].as_str().unwrap());
     let budget = BatchBudget { max_batch_size: 8, max_batch_tokens: 4096 };
-    let pipeline =
-        EncoderPipeline::load(&model_dir, Task::FeatureExtraction, &int8(), budget).unwrap();
-    let sentences = reference["sentences"].as_array().unwrap();
-    let items: Vec<_> = sentences
-        .iter()
-        .map(|s| {
-            let input = TaskInput::Text { text: s.as_str().unwrap().into() };
-            (input, pipeline.parse_params(&serde_json::json!({})).unwrap())
-        })
-        .collect();
+    let (embedded, ..) = minilm::embed_reference_sentences(&int8(), budget);
     let mut lowest = 1.0f64;
-    for (i, result) in pipeline.run(&items).into_iter().enumerate() {
-        let TaskOutput::Embedding(Embedding::Pooled(ours)) = result.unwrap().output else {
-            panic!("pooled embedding expected")
-        };
-        let theirs: Vec<f32> = reference["embeddings"][i]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|v| v.as_f64().unwrap() as f32)
-            .collect();
-        let similarity = crate::minilm::cosine(&ours, &theirs);
+    for (i, minilm::Embedded { ours, theirs, .. }) in embedded.into_iter().enumerate() {
+        let similarity = minilm::cosine(&ours, &theirs);
         assert!(similarity >= 0.99, "sentence {i}: int8 cosine {similarity}");
         lowest = lowest.min(similarity);
     }
