@@ -13,8 +13,8 @@ pub struct Processors {
     repetition_penalty: Option<f64>,
     no_repeat_ngram_size: usize,
     /// Token sequences that must not be generated (sequences equal to `[eos]` dropped, as in
-    /// transformers).
-    bad_words: Vec<Vec<i64>>,
+    /// transformers), grouped by the length of their prefix (all but the last token).
+    bad_words: Vec<(usize, Vec<Vec<i64>>)>,
     min_length: usize,
     min_new_tokens: usize,
     prompt_len: usize,
@@ -40,12 +40,12 @@ impl Processors {
             repetition_penalty: (config.repetition_penalty != 1.0)
                 .then_some(config.repetition_penalty),
             no_repeat_ngram_size: config.no_repeat_ngram_size,
-            bad_words: config
-                .bad_words_ids
-                .iter()
-                .filter(|words| !(words.len() == 1 && eos.contains(&words[0])))
-                .cloned()
-                .collect(),
+            bad_words: by_prefix_length(
+                config
+                    .bad_words_ids
+                    .iter()
+                    .filter(|words| !(words.len() == 1 && eos.contains(&words[0]))),
+            ),
             min_length: if eos.is_empty() { 0 } else { config.min_length },
             min_new_tokens: if eos.is_empty() { 0 } else { config.min_new_tokens.unwrap_or(0) },
             prompt_len,
@@ -115,61 +115,78 @@ impl Processors {
         scores
     }
 
+    /// transformers' `NoRepeatNGramLogitsProcessor` on tensors: every n-gram of a row whose
+    /// first n - 1 tokens are the row's last n - 1 bans its last token.
     fn ban_repeated_ngrams(&self, ids: &Tensor, scores: Tensor) -> Tensor {
-        let n = self.no_repeat_ngram_size;
-        let rows = rows_of(ids);
-        let cur_len = rows.first().map_or(0, Vec::len);
-        if cur_len + 1 < n {
-            return scores;
+        let n = self.no_repeat_ngram_size as i64;
+        let len = ids.size()[1];
+        if len < n {
+            return scores; // no n-gram yet (transformers: cur_len + 1 < n bans nothing either)
         }
-        let mut banned: Vec<(i64, i64)> = Vec::new();
-        for (row, tokens) in rows.iter().enumerate() {
-            let prefix = &tokens[cur_len + 1 - n..cur_len];
-            for window in tokens.windows(n) {
-                if &window[..n - 1] == prefix {
-                    banned.push((row as i64, window[n - 1]));
-                }
-            }
-        }
-        mask_pairs(scores, &banned)
+        let ngrams = ids.unfold(1, n, 1); // [rows, len - n + 1, n]
+        let prefix = ids.narrow(1, len - (n - 1), n - 1).unsqueeze(1);
+        let matches = ngrams.narrow(2, 0, n - 1).eq_tensor(&prefix).all_dim(2, false);
+        ban_where(scores, &ngrams.select(2, n - 1), &matches)
     }
 
-    fn ban_bad_words(&self, ids: &Tensor, scores: Tensor) -> Tensor {
-        let rows = rows_of(ids);
-        let mut banned: Vec<(i64, i64)> = Vec::new();
-        for (row, tokens) in rows.iter().enumerate() {
-            for words in &self.bad_words {
-                let (last, prefix) = words.split_last().expect("bad words are not empty");
-                if prefix.len() > tokens.len() {
-                    continue;
-                }
-                if tokens.ends_with(prefix) {
-                    banned.push((row as i64, *last));
-                }
+    /// transformers' `NoBadWordsLogitsProcessor` on tensors: a word's last token is banned in
+    /// rows that end with the rest of it (single tokens always).
+    fn ban_bad_words(&self, ids: &Tensor, mut scores: Tensor) -> Tensor {
+        let (rows, len) = ids.size2().expect("[rows, len]");
+        let vocab = scores.size()[1];
+        let device = scores.device();
+        for (prefix_len, words) in &self.bad_words {
+            let prefix_len = *prefix_len as i64;
+            if prefix_len > len {
+                continue;
             }
+            // A word with a token outside the vocabulary can never be generated whole.
+            let words: Vec<&Vec<i64>> =
+                words.iter().filter(|word| word.iter().all(|&t| (0..vocab).contains(&t))).collect();
+            if words.is_empty() {
+                continue;
+            }
+            let last: Vec<i64> = words.iter().map(|word| word[word.len() - 1]).collect();
+            let last = Tensor::from_slice(&last).to_device(device);
+            if prefix_len == 0 {
+                scores = scores.index_fill(1, &last, f64::NEG_INFINITY);
+                continue;
+            }
+            let prefixes: Vec<i64> =
+                words.iter().flat_map(|word| word[..word.len() - 1].to_vec()).collect();
+            let prefixes = Tensor::from_slice(&prefixes).to_device(device).view([-1, prefix_len]);
+            let tail = ids.narrow(1, len - prefix_len, prefix_len).unsqueeze(1);
+            let matches = tail.eq_tensor(&prefixes.unsqueeze(0)).all_dim(2, false); // [rows, words]
+            scores = ban_where(scores, &last.unsqueeze(0).expand([rows, -1], false), &matches);
         }
-        mask_pairs(scores, &banned)
+        scores
     }
 }
 
-fn rows_of(ids: &Tensor) -> Vec<Vec<i64>> {
-    let ids = ids.to_device(tch::Device::Cpu);
-    let (rows, cols) = ids.size2().expect("[rows, len]");
-    let flat = Vec::<i64>::try_from(ids.reshape([-1])).expect("int64 ids");
-    (0..rows as usize).map(|r| flat[r * cols as usize..(r + 1) * cols as usize].to_vec()).collect()
-}
-
-fn mask_pairs(scores: Tensor, pairs: &[(i64, i64)]) -> Tensor {
-    if pairs.is_empty() {
+/// `scores` with `tokens[r, i]` set to -inf in row r wherever `banned[r, i]`. A token may
+/// appear several times in a row, banned or not: unbanned places are sent to a spare column,
+/// so every write is a ban and their order cannot matter.
+fn ban_where(scores: Tensor, tokens: &Tensor, banned: &Tensor) -> Tensor {
+    let (rows, vocab) = scores.size2().expect("[rows, vocab]");
+    if tokens.numel() == 0 {
         return scores;
     }
-    let device = scores.device();
-    let rows = Tensor::from_slice(&pairs.iter().map(|p| p.0).collect::<Vec<_>>()).to_device(device);
-    let cols = Tensor::from_slice(&pairs.iter().map(|p| p.1).collect::<Vec<_>>()).to_device(device);
-    let mut scores = scores.copy();
-    let value = Tensor::from(f64::NEG_INFINITY).to_kind(scores.kind()).to_device(device);
-    let _ = scores.index_put_(&[Some(rows), Some(cols)], &value, false);
-    scores
+    let spare = tokens.full_like(vocab);
+    let places = tokens.where_self(banned, &spare);
+    let mask = Tensor::zeros([rows, vocab + 1], (Kind::Bool, scores.device()))
+        .scatter_value(1, &places, 1)
+        .narrow(1, 0, vocab);
+    scores.masked_fill(&mask, f64::NEG_INFINITY)
+}
+
+fn by_prefix_length<'a>(words: impl Iterator<Item = &'a Vec<i64>>) -> Vec<(usize, Vec<Vec<i64>>)> {
+    let mut groups: std::collections::BTreeMap<usize, Vec<Vec<i64>>> = Default::default();
+    for word in words {
+        if let Some(prefix_len) = word.len().checked_sub(1) {
+            groups.entry(prefix_len).or_default().push(word.clone());
+        }
+    }
+    groups.into_iter().collect()
 }
 
 /// Sets every token in `tokens` to -inf.
@@ -202,4 +219,53 @@ fn typical(scores: &Tensor, mass: f64, min_tokens_to_keep: i64) -> Tensor {
     let _ = remove.narrow(1, 0, min_tokens_to_keep).fill_(0);
     let remove = remove.scatter(1, &sorted_indices, &remove);
     scores.masked_fill(&remove, f64::NEG_INFINITY)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn processors(update: impl FnOnce(&mut GenerateConfig)) -> Processors {
+        let mut config = GenerateConfig { eos_token_ids: vec![0], ..Default::default() };
+        update(&mut config);
+        Processors::new(&config, 1, 100)
+    }
+
+    fn banned(processors: &Processors, ids: &[&[i64]]) -> Vec<Vec<i64>> {
+        let rows: Vec<Tensor> = ids.iter().map(|row| Tensor::from_slice(row)).collect();
+        let ids = Tensor::stack(&rows, 0);
+        let scores = processors.apply(&ids, Tensor::zeros([ids.size()[0], 12], (Kind::Float, tch::Device::Cpu)));
+        (0..ids.size()[0])
+            .map(|row| {
+                let row = Vec::<f32>::try_from(scores.get(row)).unwrap();
+                (0..12).filter(|&t| row[t as usize] == f32::NEG_INFINITY).collect()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_repeated_ngram_is_banned_even_where_its_token_also_ends_an_unmatched_one() {
+        let no_repeat = processors(|c| c.no_repeat_ngram_size = 2);
+        // Row 0 ends with 5: bigrams (5, 7) and (5, 9) ban 7 and 9; (3, 7) does not unban 7.
+        // Row 1 ends with 4, which starts no bigram.
+        assert_eq!(
+            banned(&no_repeat, &[&[5, 7, 3, 7, 5, 9, 5], &[1, 2, 3, 1, 2, 3, 4]]),
+            [vec![7, 9], vec![]]
+        );
+        // Shorter than n: nothing to repeat yet.
+        let trigrams = processors(|c| c.no_repeat_ngram_size = 3);
+        assert_eq!(banned(&trigrams, &[&[5, 5]]), [Vec::<i64>::new()]);
+    }
+
+    #[test]
+    fn bad_words_ban_their_last_token_after_their_prefix_and_single_tokens_always() {
+        let bad = processors(|c| {
+            c.bad_words_ids = vec![vec![3], vec![4, 6], vec![1, 2, 8], vec![0], vec![99], vec![5, 77]]
+        });
+        // [0] is the eos (kept), [99] and [5, 77] lie outside the 12 scores and never apply.
+        assert_eq!(
+            banned(&bad, &[&[9, 1, 2], &[2, 9, 4], &[5, 5, 5]]),
+            [vec![3, 8], vec![3, 6], vec![3]]
+        );
+    }
 }
