@@ -34,6 +34,29 @@ impl Linear {
         Ok(Self::new(w, weight, Some(w.get(&format!("{name}.bias"), &[output])?)))
     }
 
+    /// Linear layers `names` that read the same input, as one: their weights stacked along the
+    /// output axis, so a call runs one matrix product where there were several (and, in int8,
+    /// quantizes its input once). The outputs come in `names`' order along the last axis, each
+    /// `output` wide; `biased` says whether the layers have biases.
+    pub fn load_stacked(
+        w: &Weights,
+        names: &[String],
+        input: i64,
+        output: i64,
+        biased: bool,
+    ) -> Result<Self, WeightsError> {
+        let mut weights = Vec::with_capacity(names.len());
+        let mut biases = Vec::with_capacity(names.len());
+        for name in names {
+            weights.push(w.get(&format!("{name}.weight"), &[output, input])?);
+            if biased {
+                biases.push(w.get(&format!("{name}.bias"), &[output])?);
+            }
+        }
+        let bias = biased.then(|| Tensor::cat(&biases, 0));
+        Ok(Self::new(w, Tensor::cat(&weights, 0), bias))
+    }
+
     /// A linear layer over `weight` `[out, in]`, quantized when `w` was loaded for int8.
     pub fn new(w: &Weights, weight: Tensor, bias: Option<Tensor>) -> Self {
         let cpu_fp32 = weight.device() == tch::Device::Cpu && weight.kind() == tch::Kind::Float;
@@ -64,10 +87,7 @@ impl Linear {
                     weight.size()[0];
                 out.view(shape.as_slice())
             }
-            LinearWeight::Int8(weight) => match &self.bias {
-                Some(bias) => weight.matmul(x) + bias,
-                None => weight.matmul(x),
-            },
+            LinearWeight::Int8(weight) => weight.matmul(x, self.bias.as_ref()),
         }
     }
 }

@@ -15,6 +15,7 @@ pub mod generative;
 pub mod gpt2;
 pub mod heads;
 pub mod int8;
+pub mod int8_gemm;
 pub mod kv_cache;
 pub mod layers;
 pub mod roberta;
