@@ -37,8 +37,9 @@ pub enum PadSide {
     End,
 }
 
-/// Per-row tensors of a decoder step (dim 0 is the row), in an order its model knows, each
-/// with the axis along which rows may differ in length and where that axis is padded.
+/// Tensors of a decoder step, dim 0 the row (or the input, for state an input's rows share),
+/// in an order its model knows, each with the axis along which rows may differ in length and
+/// where that axis is padded.
 #[derive(Default)]
 pub struct RowState {
     pub parts: Vec<(Tensor, i64, PadSide)>,

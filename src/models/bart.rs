@@ -39,39 +39,63 @@ fn gelu() -> Activation {
     Activation::Gelu
 }
 
+/// One attention block's projections. Self-attention projects queries, keys and values from
+/// the same input, so they are one stacked layer (one matrix product a call); cross-attention
+/// projects queries from the decoder and keys and values (stacked) from the encoder output.
 struct Attention {
-    q: Linear,
-    k: Linear,
-    v: Linear,
+    /// `[q; k; v]` (self-attention) or `q` alone (cross-attention).
+    queries: Linear,
+    /// `[k; v]` over the encoder output (cross-attention only).
+    encoder_kv: Option<Linear>,
     out: Linear,
     heads: i64,
+    d: i64,
 }
 
 impl Attention {
-    fn load(w: &Weights, at: &str, d: i64, heads: i64) -> Result<Self, WeightsError> {
+    fn load(w: &Weights, at: &str, d: i64, heads: i64, cross: bool) -> Result<Self, WeightsError> {
+        let names = |projections: &[&str]| -> Vec<String> {
+            projections.iter().map(|p| format!("{at}.{p}_proj")).collect()
+        };
+        let (queries, encoder_kv) = if cross {
+            (
+                Linear::load(w, &format!("{at}.q_proj"), d, d)?,
+                Some(Linear::load_stacked(w, &names(&["k", "v"]), d, d, true)?),
+            )
+        } else {
+            (Linear::load_stacked(w, &names(&["q", "k", "v"]), d, d, true)?, None)
+        };
         Ok(Self {
-            q: Linear::load(w, &format!("{at}.q_proj"), d, d)?,
-            k: Linear::load(w, &format!("{at}.k_proj"), d, d)?,
-            v: Linear::load(w, &format!("{at}.v_proj"), d, d)?,
+            queries,
+            encoder_kv,
             out: Linear::load(w, &format!("{at}.out_proj"), d, d)?,
             heads,
+            d,
         })
     }
 
+    /// `[batch, seq, hidden]` as `[batch, heads, seq, head_dim]` (a view).
     fn split(&self, x: &Tensor) -> Tensor {
         let (b, n, d) = x.size3().expect("[batch, seq, hidden]");
         x.view([b, n, self.heads, d / self.heads]).transpose(1, 2)
     }
 
-    /// Attention of `x` over `keys`/`values` `[batch, heads, keys, head_dim]` with additive `bias`.
-    fn attend(&self, x: &Tensor, keys: &Tensor, values: &Tensor, bias: &Tensor) -> Tensor {
-        let (b, n, d) = x.size3().expect("[batch, seq, hidden]");
-        let q = self.split(&self.q.forward(x));
+    /// Each head's keys and values over the encoder output (cross-attention).
+    fn encoder_keys_values(&self, encoder_out: &Tensor) -> (Tensor, Tensor) {
+        let kv = self.encoder_kv.as_ref().expect("cross-attention").forward(encoder_out);
+        let (k, v) = (kv.narrow(-1, 0, self.d), kv.narrow(-1, self.d, self.d));
+        (self.split(&k), self.split(&v))
+    }
+
+    /// Attention of queries `q` `[batch, heads, seq, head_dim]` over `keys`/`values` with
+    /// additive `bias`, through the output projection.
+    fn attend(&self, q: &Tensor, keys: &Tensor, values: &Tensor, bias: &Tensor) -> Tensor {
+        let (b, _, n, _) = q.size4().expect("[batch, heads, seq, head_dim]");
         // softmax(q k^T / sqrt(head_dim) + bias) v in libtorch's fused kernel: one pass over the
         // keys per (row, head), where matmul ran a batched GEMM per product (MKL's small-matrix
         // path, most of a 32-row DistilBART step). Within 1e-4 of transformers' eager BART.
         let attended = Tensor::scaled_dot_product_attention(
-            &q,
+            q,
             keys,
             values,
             Some(bias),
@@ -80,7 +104,12 @@ impl Attention {
             None,
             false,
         );
-        self.out.forward(&attended.transpose(1, 2).contiguous().view([b, n, d]))
+        self.out.forward(&attended.transpose(1, 2).contiguous().view([b, n, self.d]))
+    }
+
+    /// Cross-attention of `x` over the encoder's `keys` and `values`.
+    fn cross_attend(&self, x: &Tensor, keys: &Tensor, values: &Tensor, bias: &Tensor) -> Tensor {
+        self.attend(&self.split(&self.queries.forward(x)), keys, values, bias)
     }
 
     fn self_attend(
@@ -89,12 +118,14 @@ impl Attention {
         bias: &Tensor,
         cache: Option<(&mut KvCache, usize)>,
     ) -> Tensor {
-        let (k, v) = (self.split(&self.k.forward(x)), self.split(&self.v.forward(x)));
+        let qkv = self.queries.forward(x);
+        let part = |i: i64| self.split(&qkv.narrow(-1, i * self.d, self.d));
+        let (q, k, v) = (part(0), part(1), part(2));
         let (k, v) = match cache {
             Some((cache, layer)) => cache.append(layer, k, v),
             None => (k, v),
         };
-        self.attend(x, &k, &v, bias)
+        self.attend(&q, &k, &v, bias)
     }
 }
 
@@ -118,14 +149,14 @@ impl Layer {
     ) -> Result<Self, WeightsError> {
         let cross = if decoder {
             Some((
-                Attention::load(w, &format!("{at}.encoder_attn"), d, heads)?,
+                Attention::load(w, &format!("{at}.encoder_attn"), d, heads, true)?,
                 LayerNorm::load(w, &format!("{at}.encoder_attn_layer_norm"), d, EPS)?,
             ))
         } else {
             None
         };
         Ok(Self {
-            self_attn: Attention::load(w, &format!("{at}.self_attn"), d, heads)?,
+            self_attn: Attention::load(w, &format!("{at}.self_attn"), d, heads, false)?,
             self_attn_layer_norm: LayerNorm::load(
                 w,
                 &format!("{at}.self_attn_layer_norm"),
@@ -231,7 +262,8 @@ impl Bart {
     }
 
     /// One layer: attention(s) and feed-forward, each residual, normalised before (mBART) or
-    /// after (BART).
+    /// after (BART). Decoder layers have `cache` (with its layer index) and `cross` (the
+    /// encoder output and its bias, once per input).
     fn layer(
         &self,
         layer: &Layer,
@@ -245,33 +277,25 @@ impl Bart {
         };
         let norm_out =
             |norm: &LayerNorm, x: Tensor| if self.pre_norm { x } else { norm.forward(&x) };
-        let (mut self_cache, mut cross_cache) = match cache {
-            Some((cache, i)) => {
-                (Some((&mut cache.self_attention, i)), Some((&mut cache.cross_attention, i)))
-            }
+        let (self_cache, cross_cache) = match cache {
+            Some((cache, i)) => (
+                Some((&mut cache.self_attention, i)),
+                Some((&mut cache.cross_attention, &cache.cross_rows, i)),
+            ),
             None => (None, None),
         };
         let h = norm_in(&layer.self_attn_layer_norm, &x);
         let mut x = norm_out(
             &layer.self_attn_layer_norm,
-            &x + layer.self_attn.self_attend(&h, self_bias, self_cache.take()),
+            &x + layer.self_attn.self_attend(&h, self_bias, self_cache),
         );
-        if let (Some((attention, norm)), Some((encoder_out, encoder_bias))) = (&layer.cross, cross)
+        if let (Some((attention, norm)), Some((encoder_out, encoder_bias)), Some((cache, rows, i))) =
+            (&layer.cross, cross, cross_cache)
         {
             let h = norm_in(norm, &x);
-            let (k, v) = match cross_cache.take() {
-                Some((cache, i)) => cache.get_or_insert(i, || {
-                    (
-                        attention.split(&attention.k.forward(encoder_out)),
-                        attention.split(&attention.v.forward(encoder_out)),
-                    )
-                }),
-                None => (
-                    attention.split(&attention.k.forward(encoder_out)),
-                    attention.split(&attention.v.forward(encoder_out)),
-                ),
-            };
-            x = norm_out(norm, &x + attention.attend(&h, &k, &v, encoder_bias));
+            let (k, v) = cache.get_or_insert(i, || attention.encoder_keys_values(encoder_out));
+            let attended = attention.cross_attend(&rows.group(&h), &k, &v, encoder_bias);
+            x = norm_out(norm, &x + rows.ungroup(&attended));
         }
         let h = norm_in(&layer.final_layer_norm, &x);
         let inner = self.activation.forward(&layer.fc1.forward(&h));

@@ -79,36 +79,72 @@ impl RmsNorm {
     }
 }
 
+/// One attention block's projections, as bart.rs keeps them: self-attention's queries, keys
+/// and values stacked into one layer (one matrix product a call), cross-attention's queries
+/// alone and its keys and values (over the encoder output) stacked.
 struct Attention {
-    q: Linear,
-    k: Linear,
-    v: Linear,
+    /// `[q; k; v]` (self-attention) or `q` alone (cross-attention).
+    queries: Linear,
+    /// `[k; v]` over the encoder output (cross-attention only).
+    encoder_kv: Option<Linear>,
     o: Linear,
     heads: i64,
     d_kv: i64,
 }
 
 impl Attention {
-    fn load(w: &Weights, at: &str, cfg: &T5Config) -> Result<Self, WeightsError> {
+    fn load(w: &Weights, at: &str, cfg: &T5Config, cross: bool) -> Result<Self, WeightsError> {
         let inner = cfg.num_heads * cfg.d_kv;
+        let stacked = |projections: &[&str]| {
+            let names: Vec<String> = projections.iter().map(|p| format!("{at}.{p}")).collect();
+            Linear::load_stacked(w, &names, cfg.d_model, inner, false)
+        };
+        let (queries, encoder_kv) = if cross {
+            (unbiased(w, &format!("{at}.q"), cfg.d_model, inner)?, Some(stacked(&["k", "v"])?))
+        } else {
+            (stacked(&["q", "k", "v"])?, None)
+        };
         Ok(Self {
-            q: unbiased(w, &format!("{at}.q"), cfg.d_model, inner)?,
-            k: unbiased(w, &format!("{at}.k"), cfg.d_model, inner)?,
-            v: unbiased(w, &format!("{at}.v"), cfg.d_model, inner)?,
+            queries,
+            encoder_kv,
             o: unbiased(w, &format!("{at}.o"), inner, cfg.d_model)?,
             heads: cfg.num_heads,
             d_kv: cfg.d_kv,
         })
     }
 
-    fn project(&self, weight: &Linear, x: &Tensor) -> Tensor {
-        let (b, n, _) = x.size3().expect("[batch, seq, hidden]");
-        weight.forward(x).view([b, n, self.heads, self.d_kv]).transpose(1, 2)
+    /// Part `index` (of `[q; k; v]` or `[k; v]`) of a stacked projection's output, as
+    /// `[batch, heads, seq, d_kv]`.
+    fn heads_of(&self, projected: &Tensor, index: i64) -> Tensor {
+        let (b, n, _) = projected.size3().expect("[batch, seq, hidden]");
+        let inner = self.heads * self.d_kv;
+        projected
+            .narrow(-1, index * inner, inner)
+            .view([b, n, self.heads, self.d_kv])
+            .transpose(1, 2)
     }
 
-    fn attend(&self, x: &Tensor, k: &Tensor, v: &Tensor, bias: &Tensor) -> Tensor {
-        let (b, n, _) = x.size3().expect("[batch, seq, hidden]");
-        let q = self.project(&self.q, x);
+    /// Queries, keys and values of `x` (self-attention).
+    fn project_all(&self, x: &Tensor) -> (Tensor, Tensor, Tensor) {
+        let qkv = self.queries.forward(x);
+        (self.heads_of(&qkv, 0), self.heads_of(&qkv, 1), self.heads_of(&qkv, 2))
+    }
+
+    /// Keys and values over the encoder output (cross-attention).
+    fn encoder_keys_values(&self, encoder_out: &Tensor) -> (Tensor, Tensor) {
+        let kv = self.encoder_kv.as_ref().expect("cross-attention").forward(encoder_out);
+        (self.heads_of(&kv, 0), self.heads_of(&kv, 1))
+    }
+
+    /// Cross-attention of `x` over the encoder's `k` and `v`.
+    fn cross_attend(&self, x: &Tensor, k: &Tensor, v: &Tensor, bias: &Tensor) -> Tensor {
+        self.attend(&self.heads_of(&self.queries.forward(x), 0), k, v, bias)
+    }
+
+    /// Attention of queries `q` `[batch, heads, seq, d_kv]` (T5 does not scale them) over `k`
+    /// and `v` with additive `bias`, through the output projection.
+    fn attend(&self, q: &Tensor, k: &Tensor, v: &Tensor, bias: &Tensor) -> Tensor {
+        let (b, _, n, _) = q.size4().expect("[batch, heads, seq, d_kv]");
         let scores = q.matmul(&k.transpose(3, 2)) + bias;
         let probs = scores.to_kind(Kind::Float).softmax(-1, Kind::Float).to_kind(scores.kind());
         let out = probs.matmul(v).transpose(1, 2).contiguous().view([b, n, self.heads * self.d_kv]);
@@ -118,7 +154,8 @@ impl Attention {
 
 enum FeedForward {
     Dense { wi: Linear, wo: Linear, activation: Activation },
-    Gated { wi_0: Linear, wi_1: Linear, wo: Linear, activation: Activation },
+    /// `wi` is `[wi_0; wi_1]` stacked: the gate and the linear part in one product.
+    Gated { wi: Linear, wo: Linear, activation: Activation },
 }
 
 impl FeedForward {
@@ -135,8 +172,13 @@ impl FeedForward {
         let wo = unbiased(w, &format!("{at}.wo"), ff, d)?;
         Ok(if gated {
             FeedForward::Gated {
-                wi_0: unbiased(w, &format!("{at}.wi_0"), d, ff)?,
-                wi_1: unbiased(w, &format!("{at}.wi_1"), d, ff)?,
+                wi: Linear::load_stacked(
+                    w,
+                    &[format!("{at}.wi_0"), format!("{at}.wi_1")],
+                    d,
+                    ff,
+                    false,
+                )?,
                 wo,
                 activation,
             }
@@ -150,9 +192,11 @@ impl FeedForward {
             FeedForward::Dense { wi, wo, activation } => {
                 wo.forward(&activation.forward(&wi.forward(x)))
             }
-            FeedForward::Gated { wi_0, wi_1, wo, activation } => {
-                let gate = activation.forward(&wi_0.forward(x));
-                wo.forward(&(gate * wi_1.forward(x)))
+            FeedForward::Gated { wi, wo, activation } => {
+                let both = wi.forward(x);
+                let width = both.size()[both.dim() - 1] / 2;
+                let gate = activation.forward(&both.narrow(-1, 0, width));
+                wo.forward(&(gate * both.narrow(-1, width, width)))
             }
         }
     }
@@ -184,7 +228,7 @@ impl Stack {
                 let cross = if decoder {
                     Some((
                         RmsNorm::load(w, &format!("{b}.1.layer_norm"), cfg.d_model, eps)?,
-                        Attention::load(w, &format!("{b}.1.EncDecAttention"), cfg)?,
+                        Attention::load(w, &format!("{b}.1.EncDecAttention"), cfg, true)?,
                     ))
                 } else {
                     None
@@ -192,7 +236,12 @@ impl Stack {
                 let ff_at = if decoder { 2 } else { 1 };
                 Ok(Block {
                     self_norm: RmsNorm::load(w, &format!("{b}.0.layer_norm"), cfg.d_model, eps)?,
-                    self_attention: Attention::load(w, &format!("{b}.0.SelfAttention"), cfg)?,
+                    self_attention: Attention::load(
+                        w,
+                        &format!("{b}.0.SelfAttention"),
+                        cfg,
+                        false,
+                    )?,
                     cross,
                     ff_norm: RmsNorm::load(
                         w,
@@ -289,12 +338,8 @@ impl Seq2Seq for T5 {
         let bias = self.encoder.position_bias(&self.config, 0, n, x.device())
             + attention_bias(mask, x.kind());
         for block in &self.encoder.blocks {
-            let h = block.self_norm.forward(&x);
-            let (k, v) = (
-                block.self_attention.project(&block.self_attention.k, &h),
-                block.self_attention.project(&block.self_attention.v, &h),
-            );
-            x = &x + block.self_attention.attend(&h, &k, &v, &bias);
+            let (q, k, v) = block.self_attention.project_all(&block.self_norm.forward(&x));
+            x = &x + block.self_attention.attend(&q, &k, &v, &bias);
             x = &x + block.ff.forward(&block.ff_norm.forward(&x));
         }
         self.encoder.final_norm.forward(&x)
@@ -318,19 +363,15 @@ impl Seq2Seq for T5 {
         let cross_bias = attention_bias(encoder_mask, x.kind());
         for (i, block) in self.decoder.blocks.iter().enumerate() {
             let attention = &block.self_attention;
-            let h = block.self_norm.forward(&x);
-            let (k, v) = cache.self_attention.append(
-                i,
-                attention.project(&attention.k, &h),
-                attention.project(&attention.v, &h),
-            );
-            x = &x + attention.attend(&h, &k, &v, &self_bias);
+            let (q, k, v) = attention.project_all(&block.self_norm.forward(&x));
+            let (k, v) = cache.self_attention.append(i, k, v);
+            x = &x + attention.attend(&q, &k, &v, &self_bias);
             if let Some((norm, cross)) = &block.cross {
                 let h = norm.forward(&x);
-                let (k, v) = cache.cross_attention.get_or_insert(i, || {
-                    (cross.project(&cross.k, encoder_out), cross.project(&cross.v, encoder_out))
-                });
-                x = &x + cross.attend(&h, &k, &v, &cross_bias);
+                let (k, v) =
+                    cache.cross_attention.get_or_insert(i, || cross.encoder_keys_values(encoder_out));
+                let rows = &cache.cross_rows;
+                x = &x + rows.ungroup(&cross.cross_attend(&rows.group(&h), &k, &v, &cross_bias));
             }
             x = &x + block.ff.forward(&block.ff_norm.forward(&x));
         }
