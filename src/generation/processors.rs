@@ -234,7 +234,8 @@ mod tests {
     fn banned(processors: &Processors, ids: &[&[i64]]) -> Vec<Vec<i64>> {
         let rows: Vec<Tensor> = ids.iter().map(|row| Tensor::from_slice(row)).collect();
         let ids = Tensor::stack(&rows, 0);
-        let scores = processors.apply(&ids, Tensor::zeros([ids.size()[0], 12], (Kind::Float, tch::Device::Cpu)));
+        let scores = processors
+            .apply(&ids, Tensor::zeros([ids.size()[0], 12], (Kind::Float, tch::Device::Cpu)));
         (0..ids.size()[0])
             .map(|row| {
                 let row = Vec::<f32>::try_from(scores.get(row)).unwrap();
@@ -260,7 +261,8 @@ mod tests {
     #[test]
     fn bad_words_ban_their_last_token_after_their_prefix_and_single_tokens_always() {
         let bad = processors(|c| {
-            c.bad_words_ids = vec![vec![3], vec![4, 6], vec![1, 2, 8], vec![0], vec![99], vec![5, 77]]
+            c.bad_words_ids =
+                vec![vec![3], vec![4, 6], vec![1, 2, 8], vec![0], vec![99], vec![5, 77]]
         });
         // [0] is the eos (kept), [99] and [5, 77] lie outside the 12 scores and never apply.
         assert_eq!(

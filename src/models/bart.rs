@@ -289,8 +289,11 @@ impl Bart {
             &layer.self_attn_layer_norm,
             &x + layer.self_attn.self_attend(&h, self_bias, self_cache),
         );
-        if let (Some((attention, norm)), Some((encoder_out, encoder_bias)), Some((cache, rows, i))) =
-            (&layer.cross, cross, cross_cache)
+        if let (
+            Some((attention, norm)),
+            Some((encoder_out, encoder_bias)),
+            Some((cache, rows, i)),
+        ) = (&layer.cross, cross, cross_cache)
         {
             let h = norm_in(norm, &x);
             let (k, v) = cache.get_or_insert(i, || attention.encoder_keys_values(encoder_out));

@@ -109,7 +109,13 @@ impl Int8Weight {
         out.view(shape.as_slice())
     }
 
-    fn own_matmul(&self, rows: &Tensor, values: &[i8], scales: &[f32], bias: Option<&Tensor>) -> Tensor {
+    fn own_matmul(
+        &self,
+        rows: &Tensor,
+        values: &[i8],
+        scales: &[f32],
+        bias: Option<&Tensor>,
+    ) -> Tensor {
         let rows = rows.contiguous();
         let (m, k) = (rows.size()[0] as usize, self.input as usize);
         let n = scales.len();
@@ -123,7 +129,8 @@ impl Int8Weight {
         int8_gemm::quantize_rows(x, k, &mut xq, &mut xs);
         let out = Tensor::empty([m as i64, n as i64], (Kind::Float, tch::Device::Cpu));
         // SAFETY: a fresh contiguous [m, n] fp32 tensor, written whole below.
-        let out_values = unsafe { std::slice::from_raw_parts_mut(out.data_ptr() as *mut f32, m * n) };
+        let out_values =
+            unsafe { std::slice::from_raw_parts_mut(out.data_ptr() as *mut f32, m * n) };
         let weight = int8_gemm::Weight { values, scales, n, kp: int8_gemm::padded(k) };
         let threads = tch::get_num_threads().max(1) as usize;
         int8_gemm::matmul(&xq, &xs, &weight, bias_values, threads, out_values);

@@ -126,7 +126,14 @@ unsafe fn columns(
             let nr = NR.min(end - j);
             for i in (tile..tile_end).step_by(MR) {
                 let mr = MR.min(tile_end - i);
-                block(&xq[i * kp..(i + mr) * kp], &w.values[j * kp..(j + nr) * kp], kp, mr, nr, &mut sums);
+                block(
+                    &xq[i * kp..(i + mr) * kp],
+                    &w.values[j * kp..(j + nr) * kp],
+                    kp,
+                    mr,
+                    nr,
+                    &mut sums,
+                );
                 for (r, row_sums) in sums.iter().enumerate().take(mr) {
                     for (c, &sum) in row_sums.iter().enumerate().take(nr) {
                         let col = j + c;

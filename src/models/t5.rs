@@ -153,9 +153,17 @@ impl Attention {
 }
 
 enum FeedForward {
-    Dense { wi: Linear, wo: Linear, activation: Activation },
+    Dense {
+        wi: Linear,
+        wo: Linear,
+        activation: Activation,
+    },
     /// `wi` is `[wi_0; wi_1]` stacked: the gate and the linear part in one product.
-    Gated { wi: Linear, wo: Linear, activation: Activation },
+    Gated {
+        wi: Linear,
+        wo: Linear,
+        activation: Activation,
+    },
 }
 
 impl FeedForward {
@@ -368,8 +376,9 @@ impl Seq2Seq for T5 {
             x = &x + attention.attend(&q, &k, &v, &self_bias);
             if let Some((norm, cross)) = &block.cross {
                 let h = norm.forward(&x);
-                let (k, v) =
-                    cache.cross_attention.get_or_insert(i, || cross.encoder_keys_values(encoder_out));
+                let (k, v) = cache
+                    .cross_attention
+                    .get_or_insert(i, || cross.encoder_keys_values(encoder_out));
                 let rows = &cache.cross_rows;
                 x = &x + rows.ungroup(&cross.cross_attend(&rows.group(&h), &k, &v, &cross_bias));
             }
