@@ -155,7 +155,13 @@ def onnx_models(model_dir: Path):
     flags = next(line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags")).split()
     arch = "avx512_vnni" if "avx512_vnni" in flags else "avx2"
     root = CACHE / "onnx" / "all-MiniLM-L6-v2"
-    int8_file = f"onnx/model_qint8_{arch}.onnx"
+
+    def int8_file():
+        # The export names the file after the int8 type it picked for `arch`: model_qint8_avx512_vnni,
+        # but model_quint8_avx2 since sentence-transformers 5.7 (unsigned activations on AVX2).
+        found = sorted((root / "onnx").glob(f"model_*int8_{arch}.onnx"))
+        return f"onnx/{found[0].name}" if found else None
+
     if not (root / "onnx" / "model.onnx").exists():
         print("ct2_peers: exporting all-MiniLM-L6-v2 to ONNX", file=sys.stderr)
         shutil.rmtree(root, ignore_errors=True)
@@ -173,10 +179,12 @@ def onnx_models(model_dir: Path):
             "file_name": file_name, "provider": "CPUExecutionProvider", "session_options": options})
 
     fp32 = load("onnx/model.onnx")
-    if not (root / int8_file).exists():
+    if int8_file() is None:
         print(f"ct2_peers: quantizing the ONNX model to int8 ({arch})", file=sys.stderr)
         export_dynamic_quantized_onnx_model(fp32, arch, str(root))
-    return fp32, load(int8_file)
+    if int8_file() is None:
+        sys.exit(f"ct2_peers: the int8 export wrote no onnx/model_*int8_{arch}.onnx in {root}")
+    return fp32, load(int8_file())
 
 
 def minilm_dir() -> Path:
