@@ -46,16 +46,17 @@ impl Kernel {
 #[derive(Debug)]
 pub struct Int8Weight {
     values: Values,
-    /// `[out]`, fp32: channel `j`'s weights are its int8 values times `scales[j]`.
-    scales: Tensor,
     input: i64,
+    output: i64,
 }
 
+/// The int8 values and the fp32 scales (channel `j`'s weights are its int8 values times
+/// `scales[j]`), in the form each kernel reads.
 #[derive(Debug)]
 enum Values {
-    /// `[in, out]` int8, the layout `_int_mm` takes as its right operand.
-    Transposed(Tensor),
-    /// `[out, padded(in)]` row-major with the scales alongside, for [`int8_gemm`].
+    /// `[in, out]` int8, the layout `_int_mm` takes as its right operand; scales `[out]`.
+    Transposed { values: Tensor, scales: Tensor },
+    /// `[out, padded(in)]` row-major, for [`int8_gemm`].
     Rows { values: Vec<i8>, scales: Vec<f32> },
 }
 
@@ -73,7 +74,10 @@ impl Int8Weight {
         let scales = channel_scales(&weight, 1);
         let quantized = (weight / scales.unsqueeze(1)).round().clamp(-QMAX, QMAX);
         let values = match kernel {
-            Kernel::IntMm => Values::Transposed(quantized.to_kind(Kind::Int8).tr().contiguous()),
+            Kernel::IntMm => Values::Transposed {
+                values: quantized.to_kind(Kind::Int8).tr().contiguous(),
+                scales,
+            },
             Kernel::Own => {
                 let kp = int8_gemm::padded(input as usize) as i64;
                 let padded = quantized.constant_pad_nd([0, kp - input]).to_kind(Kind::Int8);
@@ -83,7 +87,7 @@ impl Int8Weight {
                 Values::Rows { values, scales }
             }
         };
-        Self { values, scales, input }
+        Self { values, input, output: out }
     }
 
     /// `x W^T (+ bias)` for `x` `[..., in]` in fp32; the result is fp32 `[..., out]`.
@@ -92,12 +96,12 @@ impl Int8Weight {
         let input = *shape.last().expect("a linear layer's input has dimensions");
         let rows = x.reshape([-1, input]).to_kind(Kind::Float);
         let out = match &self.values {
-            Values::Transposed(transposed) => {
+            Values::Transposed { values, scales } => {
                 let row_scales = channel_scales(&rows, 1).unsqueeze(1);
                 let quantized =
                     (&rows / &row_scales).round_().clamp_(-QMAX, QMAX).to_kind(Kind::Int8);
-                let product = quantized.internal_int_mm(transposed).to_kind(Kind::Float);
-                let out = product * row_scales * &self.scales;
+                let product = quantized.internal_int_mm(values).to_kind(Kind::Float);
+                let out = product * row_scales * scales;
                 match bias {
                     Some(bias) => out + bias,
                     None => out,
@@ -105,7 +109,7 @@ impl Int8Weight {
             }
             Values::Rows { values, scales } => self.own_matmul(&rows, values, scales, bias),
         };
-        *shape.last_mut().expect("checked above") = self.scales.size()[0];
+        *shape.last_mut().expect("checked above") = self.output;
         out.view(shape.as_slice())
     }
 
@@ -137,13 +141,14 @@ impl Int8Weight {
         out
     }
 
-    /// Bytes this weight occupies (int8 values and fp32 scales).
+    /// Bytes this weight occupies: int8 values (with [`int8_gemm`]'s zero padding of the
+    /// inner dimension, which a decode step reads too) and fp32 scales.
     pub fn bytes(&self) -> i64 {
         let values = match &self.values {
-            Values::Transposed(t) => t.numel() as i64,
+            Values::Transposed { values, .. } => values.numel() as i64,
             Values::Rows { values, .. } => values.len() as i64,
         };
-        values + 4 * self.scales.numel() as i64
+        values + 4 * self.output
     }
 }
 

@@ -66,10 +66,11 @@ pub fn matmul(
     // Columns in chunks per thread (a multiple of the kernel's width).
     let chunk = w.n.div_ceil(threads.max(1)).div_ceil(NR) * NR;
     let out_ptr = SharedOut(out.as_mut_ptr());
+    let block = block_for_this_cpu();
     let work = |start: usize| {
         let end = (start + chunk).min(w.n);
         // SAFETY: each call writes only columns start..end of every row, disjoint per call.
-        unsafe { columns(xq, row_scales, w, bias, start, end, &out_ptr) };
+        unsafe { columns(block, xq, row_scales, w, bias, start, end, &out_ptr) };
     };
     let starts: Vec<usize> = (0..w.n).step_by(chunk.max(1)).collect();
     if starts.len() <= 1 {
@@ -108,7 +109,9 @@ const M_TILE: usize = 64;
 
 /// # Safety
 /// `out` points to `m * w.n` floats; no other thread writes columns `start..end`.
+#[allow(clippy::too_many_arguments)]
 unsafe fn columns(
+    block: Block,
     xq: &[i8],
     row_scales: &[f32],
     w: &Weight,
@@ -151,13 +154,22 @@ unsafe fn columns(
 }
 
 /// Exact int32 dot products of `mr` rows of `x` with `nr` rows of `w`, each `kp` long.
-fn block(x: &[i8], w: &[i8], kp: usize, mr: usize, nr: usize, sums: &mut [[i32; NR]; MR]) {
+type Block = fn(&[i8], &[i8], usize, usize, usize, &mut [[i32; NR]; MR]);
+
+/// The AVX2 block where the CPU has it (chosen once per product, not per block), else the
+/// portable one.
+fn block_for_this_cpu() -> Block {
     #[cfg(target_arch = "x86_64")]
     if std::arch::is_x86_feature_detected!("avx2") {
-        // SAFETY: AVX2 is present; the slices hold `mr` and `nr` rows of `kp` values.
-        unsafe { avx2::block(x, w, kp, mr, nr, sums) };
-        return;
+        return |x, w, kp, mr, nr, sums| {
+            // SAFETY: AVX2 was detected; the slices hold `mr` and `nr` rows of `kp` values.
+            unsafe { avx2::block(x, w, kp, mr, nr, sums) }
+        };
     }
+    portable_block
+}
+
+fn portable_block(x: &[i8], w: &[i8], kp: usize, mr: usize, nr: usize, sums: &mut [[i32; NR]; MR]) {
     for r in 0..mr {
         for c in 0..nr {
             let (xr, wr) = (&x[r * kp..(r + 1) * kp], &w[c * kp..(c + 1) * kp]);
