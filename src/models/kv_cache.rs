@@ -10,7 +10,7 @@
 //! step right after it appends with `cat`: under beam search, which reorders every step, the
 //! cache stays the contiguous tensors it always was, since attention over the strided views of
 //! a buffer measured 3-23% slower per beam step (DistilBART and T5, 4 beams) while writing in
-//! place made greedy GPT-2 7-12% faster. Values are the same bits either way: only where they
+//! place made greedy GPT-2 6-37% faster. Values are the same bits either way: only where they
 //! are stored changes.
 
 use tch::Tensor;
