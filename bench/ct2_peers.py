@@ -90,8 +90,8 @@ def decode_seconds(run, repeats: int):
 
 def seq2seq_models(bart_dir: Path, t5_dir: Path) -> dict:
     """name -> (converted model of `precision`, source directory): the summarization models."""
-    return {"distilbart": (lambda precision: ct2_bart(bart_dir, precision), bart_dir, "bart"),
-            "t5": (lambda precision: converted("t5-small", t5_dir, precision), t5_dir, "t5")}
+    return {"distilbart": (lambda precision: ct2_bart(bart_dir, precision), bart_dir),
+            "t5": (lambda precision: converted("t5-small", t5_dir, precision), t5_dir)}
 
 
 def generation(gpt2_dir: Path, bart_dir: Path, t5_dir: Path, repeats: int) -> tuple[dict, dict, dict]:
@@ -99,8 +99,8 @@ def generation(gpt2_dir: Path, bart_dir: Path, t5_dir: Path, repeats: int) -> tu
     from transformers import AutoTokenizer
     prompt = AutoTokenizer.from_pretrained(str(gpt2_dir)).convert_ids_to_tokens(PROMPT_IDS)
     summarizers = seq2seq_models(bart_dir, t5_dir)
-    documents_of = {name: AutoTokenizer.from_pretrained(str(source)).convert_ids_to_tokens(DOCUMENT_IDS[key])
-                    for name, (_, source, key) in summarizers.items()}
+    documents_of = {name: AutoTokenizer.from_pretrained(str(source)).convert_ids_to_tokens(DOCUMENT_IDS[name])
+                    for name, (_, source) in summarizers.items()}
     gpt2, docs, texts = {}, {name: {} for name in summarizers}, {}
     for precision, (_, compute_type) in PRECISIONS.items():
         generator = ctranslate2.Generator(str(converted("gpt2-small", gpt2_dir, precision)), device="cpu",
@@ -116,7 +116,7 @@ def generation(gpt2_dir: Path, bart_dir: Path, t5_dir: Path, repeats: int) -> tu
             if sequences == 8:
                 texts[("gpt2", precision)] = [" ".join(r.sequences[0]) for r in out]
         del generator
-        for name, (model, _, _) in summarizers.items():
+        for name, (model, _) in summarizers.items():
             translator = ctranslate2.Translator(str(model(precision)), device="cpu", compute_type=compute_type,
                                                 intra_threads=THREADS, inter_threads=1)
             docs[name][precision] = {}
@@ -204,7 +204,7 @@ def prepare(gpt2_dir: Path, bart_dir: Path, t5_dir: Path) -> None:
     """Every conversion and export, before anything is timed."""
     for precision in PRECISIONS:
         converted("gpt2-small", gpt2_dir, precision)
-        for model, _, _ in seq2seq_models(bart_dir, t5_dir).values():
+        for model, _ in seq2seq_models(bart_dir, t5_dir).values():
             model(precision)
         converted("all-MiniLM-L6-v2", minilm_dir(), precision)
     onnx_models(minilm_dir())

@@ -96,9 +96,9 @@ def build_t5() -> Path:
 
 # The summarization input, 400 words, and its ids as each seq2seq model's tokenizer gives them
 # (BART: <s> ... </s>; T5: ... </s>, inside T5's smaller vocabulary).
-DOCUMENT_WORDS = {"bart": [1000 + (i * 37) % 40000 for i in range(400)],
+DOCUMENT_WORDS = {"distilbart": [1000 + (i * 37) % 40000 for i in range(400)],
                   "t5": [1000 + (i * 37) % 30000 for i in range(400)]}
-DOCUMENT_IDS = {"bart": [0] + DOCUMENT_WORDS["bart"] + [2], "t5": DOCUMENT_WORDS["t5"] + [1]}
+DOCUMENT_IDS = {"distilbart": [0] + DOCUMENT_WORDS["distilbart"] + [2], "t5": DOCUMENT_WORDS["t5"] + [1]}
 
 
 def decode_bytes(model, rows: int, context: float, source: int = 0, beams: int = 1, int8: bool = False) -> dict:
@@ -158,11 +158,11 @@ def main():
     torch.set_num_threads(THREADS)
     from transformers import BartForConditionalGeneration, GPT2LMHeadModel, T5ForConditionalGeneration
     gpt2_dir, bart_dir = build_models()
-    seq2seq = {"bart": (bart_dir, BartForConditionalGeneration, "distilbart"),
-               "t5": (build_t5(), T5ForConditionalGeneration, "t5")}  # model, class, report name
+    seq2seq = {"distilbart": (bart_dir, BartForConditionalGeneration),  # report name: model, class
+               "t5": (build_t5(), T5ForConditionalGeneration)}
     models = {"gpt2": {dtype: GPT2LMHeadModel.from_pretrained(gpt2_dir, dtype=kind).eval()
                        for dtype, kind in (("fp32", torch.float32), ("bf16", torch.bfloat16))}}
-    for name, (model_dir, cls, _) in seq2seq.items():
+    for name, (model_dir, cls) in seq2seq.items():
         models[name] = {dtype: cls.from_pretrained(model_dir, dtype=kind).eval()
                         for dtype, kind in (("fp32", torch.float32), ("bf16", torch.bfloat16))}
     fixed = {"max_new_tokens": 64, "min_new_tokens": 64}
@@ -211,7 +211,7 @@ def main():
                         entry["transformers_ids"] = out[0, 32:].tolist()
                 report[f"gpt2_{dtype}_tokens_per_second_{sequences}_seq"] = entry
             beams = dict(fixed, num_beams=4)
-            for name, (model_dir, _, report_name) in seq2seq.items():
+            for name, (model_dir, _) in seq2seq.items():
                 document = " ".join(f"w{i}" for i in DOCUMENT_WORDS[name])
                 for documents in (1, 8):
                     doc_ids = torch.tensor([DOCUMENT_IDS[name]] * documents)
@@ -232,17 +232,17 @@ def main():
                                      speedup_lote_over_transformers=statistics.median(theirs) / statistics.median(ours),
                                      transformers_ids=out[0].tolist())
                     suffix = "" if documents == 1 else f"_{documents}_documents"
-                    report[f"{report_name}_{dtype}_seconds_per_document_4_beams{suffix}"] = entry
+                    report[f"{name}_{dtype}_seconds_per_document_4_beams{suffix}"] = entry
     gpt2 = {dtype: report[f"gpt2_{dtype}_tokens_per_second_8_seq"] for dtype in LOTE_DTYPES}
     docs = {(name, dtype): report[f"{name}_{dtype}_seconds_per_document_4_beams"]
-            for name in ("distilbart", "t5") for dtype in LOTE_DTYPES}
+            for name in seq2seq for dtype in LOTE_DTYPES}
     for other in ("int8", "bf16"):
         same = {"gpt2_lote": same_tokens(gpt2["fp32"]["lote_text"], gpt2[other]["lote_text"])}
-        for name in ("distilbart", "t5"):
+        for name in seq2seq:
             same[f"{name}_lote"] = same_tokens([docs[name, "fp32"]["lote_text"]], [docs[name, other]["lote_text"]])
         if other == "bf16":  # transformers has no int8
             same["gpt2_transformers"] = same_tokens(gpt2["fp32"]["transformers_ids"], gpt2["bf16"]["transformers_ids"])
-            for name in ("distilbart", "t5"):
+            for name in seq2seq:
                 same[f"{name}_transformers"] = same_tokens(docs[name, "fp32"]["transformers_ids"],
                                                            docs[name, "bf16"]["transformers_ids"])
         report[f"{other}_same_tokens_as_fp32"] = same

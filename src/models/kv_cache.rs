@@ -66,7 +66,6 @@ impl Entry {
         self.keys.narrow(2, self.len, new).copy_(key);
         self.values.narrow(2, self.len, new).copy_(value);
         self.len += new;
-        self.reordered = false;
     }
 
     /// Keeps rows `rows` of the history, gathered into exact, contiguous tensors.
