@@ -19,14 +19,16 @@ use crate::{
     engine::{
         call::EngineError,
         cpu_pool::CpuPool,
+        load::{self, Loaded, ModelLoadError},
         policy::{Lane, Policy},
-        registry::{self, Loaded, ServedModel},
+        registry::ServedModel,
     },
     settings::{ModelSettings, Task},
     tasks::{
-        TaskError, TaskInput, TaskOutput, TaskResult,
-        generate::{Generation, GenerationLoadError, GenerationParams},
-        pipeline::{BatchStats, ModelIdentity, PipelineError, TaskParams},
+        TaskError, TaskInput,
+        generate::GenerationParams,
+        output_fields::{generation_fields, result_fields},
+        pipeline::{BatchStats, ModelIdentity, TaskParams},
     },
 };
 
@@ -37,14 +39,10 @@ const WINDOW: usize = 512;
 pub enum RunError {
     #[error("{}: {source}", path.display())]
     Io { path: PathBuf, source: std::io::Error },
-    #[error("cannot load {}: {source}", path.display())]
-    Load { path: PathBuf, source: PipelineError },
-    #[error("cannot load {}: {source}", path.display())]
-    LoadGenerator { path: PathBuf, source: GenerationLoadError },
+    #[error(transparent)]
+    Load(#[from] ModelLoadError),
     #[error("bad --param `{0}`: expected key=value")]
     BadParam(String),
-    #[error("loading was interrupted: {0}")]
-    Join(String),
 }
 
 /// What `lote run` was asked to do.
@@ -162,7 +160,7 @@ impl Runner {
             path: request.model.to_path_buf(),
             dtype: None,
         };
-        let loaded = registry::load(&settings, &request.placement, request.policy)?;
+        let loaded = load::load(&settings, &request.placement, request.policy)?;
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .enable_all()
@@ -270,39 +268,6 @@ impl Runner {
     }
 }
 
-/// Generation output fields: `summary_text` (a string, or a list when several sequences are
-/// returned) or `generated_text` (always a list), with `output_tokens` and `finish_reason` of
-/// the same shape, `input_tokens` and `truncated`.
-pub fn generation_fields(
-    task: Task,
-    generation: &Generation,
-    input_tokens: usize,
-    truncated: bool,
-) -> Map<String, Value> {
-    let several = task == Task::TextGeneration || generation.texts.len() > 1;
-    let shape = |values: Vec<Value>| {
-        if several {
-            Value::Array(values)
-        } else {
-            values.into_iter().next().unwrap_or(Value::Null)
-        }
-    };
-    let key = if task == Task::Summarization { "summary_text" } else { "generated_text" };
-    let mut out = Map::new();
-    out.insert(key.into(), shape(generation.texts.iter().map(|t| json!(t)).collect()));
-    out.insert(
-        "output_tokens".into(),
-        shape(generation.output_tokens.iter().map(|n| json!(n)).collect()),
-    );
-    out.insert(
-        "finish_reason".into(),
-        shape(generation.finish_reasons.iter().map(|r| json!(r)).collect()),
-    );
-    out.insert("input_tokens".into(), json!(input_tokens));
-    out.insert("truncated".into(), json!(truncated));
-    out
-}
-
 /// One parsed line: its id and either its input and parameters or why it cannot be run.
 struct Line {
     number: usize,
@@ -391,35 +356,4 @@ fn answer_window(
             Value::Object(out)
         })
         .collect()
-}
-
-/// The result's fields as the output line names them: `answers`, `predictions`, `labels`,
-/// `entities` (keyed `entity` per token, `entity_group` when aggregated, as transformers does),
-/// `embedding`, plus `input_tokens` and `truncated`.
-pub fn result_fields(result: &TaskResult) -> Map<String, Value> {
-    let mut out = Map::new();
-    let (key, value) = match &result.output {
-        TaskOutput::Answers(answers) => ("answers", json!(answers)),
-        TaskOutput::Predictions(predictions) => ("predictions", json!(predictions)),
-        TaskOutput::Labels(labels) => ("labels", json!(labels)),
-        TaskOutput::Embedding(embedding) => ("embedding", json!(embedding)),
-        TaskOutput::Entities(entities) => (
-            "entities",
-            Value::Array(
-                entities
-                    .iter()
-                    .map(|e| match e.index {
-                        Some(index) => json!({"entity": e.label, "score": e.score, "index": index,
-                            "word": e.word, "start": e.start, "end": e.end}),
-                        None => json!({"entity_group": e.label, "score": e.score,
-                            "word": e.word, "start": e.start, "end": e.end}),
-                    })
-                    .collect(),
-            ),
-        ),
-    };
-    out.insert(key.into(), value);
-    out.insert("input_tokens".into(), json!(result.input_tokens));
-    out.insert("truncated".into(), json!(result.truncated));
-    out
 }

@@ -6,18 +6,17 @@
 use std::{path::PathBuf, sync::OnceLock};
 
 use super::{
-    call::EngineError, cpu_pool::CpuPool, encoder::EncoderService, generation::GenerationService,
+    call::EngineError,
+    cpu_pool::CpuPool,
+    encoder::EncoderService,
+    generation::GenerationService,
+    load::{Loaded, ModelLoadError, load},
     policy::Policy,
 };
 use crate::{
     device::Placement,
-    run::RunError,
     settings::{ModelSettings, Task},
-    tasks::{
-        EncoderPipeline,
-        generate::GenerationPipeline,
-        pipeline::{BatchBudget, ModelIdentity},
-    },
+    tasks::pipeline::ModelIdentity,
     tokenize::TextTokenizer,
 };
 
@@ -114,7 +113,7 @@ pub struct Registry {
 pub struct LoadError {
     pub name: String,
     pub path: PathBuf,
-    pub source: RunError,
+    pub source: ModelLoadError,
 }
 
 impl Registry {
@@ -151,7 +150,7 @@ impl Registry {
                 let settings = settings.clone();
                 tokio::task::spawn_blocking(move || load(&settings, &placement, policy))
                     .await
-                    .map_err(|e| error(RunError::Join(e.to_string())))?
+                    .map_err(|e| error(ModelLoadError::Interrupted(e.to_string())))?
                     .map_err(error)?
             };
             let service = ServedModel::start(
@@ -215,37 +214,6 @@ impl Registry {
                 }
             })
             .collect()
-    }
-}
-
-/// A model loaded on a blocking thread, before its engine thread starts.
-pub enum Loaded {
-    Encoder(Box<EncoderPipeline>),
-    Generation(Box<GenerationPipeline>),
-}
-
-/// Loads the model directory of `settings` for its task.
-pub fn load(
-    settings: &ModelSettings,
-    placement: &Placement,
-    policy: Policy,
-) -> Result<Loaded, RunError> {
-    let path = settings.path.clone();
-    match settings.task {
-        Task::Summarization | Task::TextGeneration => {
-            GenerationPipeline::load(&settings.path, settings.task, placement)
-                .map(|p| Loaded::Generation(Box::new(p)))
-                .map_err(|source| RunError::LoadGenerator { path, source })
-        }
-        task => {
-            let budget = BatchBudget {
-                max_batch_size: policy.max_batch_size,
-                max_batch_tokens: policy.max_batch_tokens,
-            };
-            EncoderPipeline::load(&settings.path, task, placement, budget)
-                .map(|p| Loaded::Encoder(Box::new(p)))
-                .map_err(|source| RunError::Load { path, source })
-        }
     }
 }
 

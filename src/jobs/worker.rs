@@ -28,9 +28,11 @@ use crate::{
         policy::Lane,
         registry::{Registry, ServedModel},
     },
-    run::{generation_fields, result_fields},
     settings::Task,
-    tasks::{TaskError, TaskInput},
+    tasks::{
+        TaskError, TaskInput,
+        output_fields::{generation_fields, result_fields},
+    },
 };
 
 /// What happens to a message once it is handled.

@@ -10,6 +10,7 @@ pub mod fill_mask;
 pub mod generate;
 pub mod ner_aggregate;
 pub mod numpy_f32;
+pub mod output_fields;
 pub mod pipeline;
 pub mod qa_spans;
 pub mod question_answering;

@@ -50,7 +50,7 @@ fn replay(name: &str, task: Task, key: &str) -> Vec<(Value, Value, String)> {
         .zip(results)
         .map(|(case, result)| {
             let result = result.unwrap_or_else(|e| panic!("{name} {}: {e}", case["kwargs"]));
-            let fields = lote::run::result_fields(&result);
+            let fields = lote::tasks::output_fields::result_fields(&result);
             let (_, ours) = fields
                 .into_iter()
                 .find(|(key, _)| key != "input_tokens" && key != "truncated")
