@@ -3,10 +3,12 @@
 //! etags, redirects, the commit a revision points at); this module decides what to take and how
 //! it lands.
 //!
-//! - Only what lote loads: config.json, tokenizer.json, generation_config.json, the tokenizer's
-//!   side files, and safetensors weights (with their shard index) from the repository's top
-//!   level. Pickle weights (pytorch_model.bin and friends) are never downloaded: a repository
-//!   that has no safetensors is refused with the pickle files named.
+//! - Only what lote loads, from the repository's top level: config.json,
+//!   generation_config.json, the tokenizer (tokenizer.json, else the slow files lote builds it
+//!   from: vocab.txt, vocab.json + merges.txt, a SentencePiece model) with its side files, and
+//!   one kind of weights: safetensors (with their shard index) when the repository has them,
+//!   else pytorch_model.bin (or its shards), which lote reads as data without running it. Never
+//!   both kinds, and never other checkpoint files (TensorFlow, Flax, ONNX, model.pt).
 //! - `HF_ENDPOINT` (a mirror) and `HF_TOKEN` (gated models) are honoured; `HF_HUB_OFFLINE=1`
 //!   refuses at once, and an unreachable hub is one clear line, not a retry loop.
 //! - Files download into `DIR/.lote-pull/` and are moved into DIR only once every one of them
@@ -24,14 +26,18 @@ use hf_hub::{
 
 const DEFAULT_ENDPOINT: &str = "https://huggingface.co";
 const STAGING: &str = ".lote-pull";
-const REQUIRED: [&str; 2] = ["config.json", "tokenizer.json"];
 const OPTIONAL: [&str; 4] = [
     "generation_config.json",
     "tokenizer_config.json",
     "special_tokens_map.json",
-    "model.safetensors.index.json",
+    "added_tokens.json",
 ];
-const PICKLE_SUFFIXES: [&str; 5] = [".bin", ".pt", ".pth", ".ckpt", ".pkl"];
+/// The tokenizer files lote builds a tokenizer from when there is no tokenizer.json.
+const SLOW_TOKENIZER: [&str; 5] =
+    ["vocab.txt", "vocab.json", "merges.txt", "spiece.model", "sentencepiece.bpe.model"];
+/// Checkpoints lote does not read, named when a repository has nothing else.
+const OTHER_WEIGHTS: [&str; 8] =
+    [".bin", ".pt", ".pth", ".ckpt", ".pkl", ".h5", ".msgpack", ".onnx"];
 
 #[derive(Debug, clap::Args)]
 pub struct PullArgs {
@@ -62,20 +68,26 @@ pub enum PullError {
     #[error("{endpoint} refused access to {repo}: a gated or private model needs HF_TOKEN")]
     Denied { repo: String, endpoint: String },
     #[error(
-        "{repo} has no safetensors weights{}: lote loads safetensors only, never pickle files",
-        pickle_list(.pickles)
+        "{repo} has no weights lote reads{}: it reads model.safetensors (or its shards) and \
+         pytorch_model.bin (or its shards)",
+        other_list(.others)
     )]
-    NoSafetensors { repo: String, pickles: Vec<String> },
-    #[error("{repo} has no {file}: lote needs config.json, tokenizer.json and safetensors weights")]
-    Missing { repo: String, file: &'static str },
+    NoWeights { repo: String, others: Vec<String> },
+    #[error(
+        "{repo} has no tokenizer: no tokenizer.json, and none of the slow tokenizer files \
+         vocab.txt, vocab.json + merges.txt, spiece.model, sentencepiece.bpe.model"
+    )]
+    NoTokenizer { repo: String },
+    #[error("{repo} has no config.json: it is not a transformers model repository")]
+    NoConfig { repo: String },
     #[error("the hub at {endpoint}: {reason}")]
     Hub { endpoint: String, reason: String },
     #[error("{}: {source}", path.display())]
     Io { path: PathBuf, source: std::io::Error },
 }
 
-fn pickle_list(pickles: &[String]) -> String {
-    if pickles.is_empty() { String::new() } else { format!(" (only {})", pickles.join(", ")) }
+fn other_list(others: &[String]) -> String {
+    if others.is_empty() { String::new() } else { format!(" (only {})", others.join(", ")) }
 }
 
 /// What a finished pull brought.
@@ -171,30 +183,53 @@ fn offline() -> bool {
 
 /// The repository's files that lote loads, in a stable order, or why the repository is unusable.
 pub fn choose_files(repo: &str, names: &[String]) -> Result<Vec<String>, PullError> {
-    let top_level: Vec<&String> = names.iter().filter(|n| !n.contains('/')).collect();
-    for file in REQUIRED {
-        if !top_level.iter().any(|n| *n == file) {
-            return Err(PullError::Missing { repo: repo.into(), file });
+    let top_level: Vec<&str> =
+        names.iter().map(String::as_str).filter(|n| !n.contains('/')).collect();
+    let has = |name: &str| top_level.contains(&name);
+    if !has("config.json") {
+        return Err(PullError::NoConfig { repo: repo.into() });
+    }
+    let mut files: Vec<String> = vec!["config.json".into()];
+    files.extend(OPTIONAL.iter().filter(|n| has(n)).map(|n| n.to_string()));
+    if has("tokenizer.json") {
+        files.push("tokenizer.json".into());
+    } else {
+        let slow: Vec<String> =
+            SLOW_TOKENIZER.iter().filter(|n| has(n)).map(|n| n.to_string()).collect();
+        if slow.is_empty() {
+            return Err(PullError::NoTokenizer { repo: repo.into() });
         }
+        files.extend(slow);
     }
-    let weights: Vec<&String> =
-        top_level.iter().copied().filter(|n| n.ends_with(".safetensors")).collect();
-    if weights.is_empty() {
-        let pickles = top_level
-            .iter()
-            .filter(|n| PICKLE_SUFFIXES.iter().any(|s| n.ends_with(s)))
-            .map(|n| n.to_string())
-            .collect();
-        return Err(PullError::NoSafetensors { repo: repo.into(), pickles });
-    }
-    let mut files: Vec<String> = top_level
-        .iter()
-        .filter(|n| REQUIRED.contains(&n.as_str()) || OPTIONAL.contains(&n.as_str()))
-        .map(|n| n.to_string())
-        .collect();
-    files.extend(weights.into_iter().cloned());
+    files.extend(weight_files(repo, &top_level)?);
     files.sort();
     Ok(files)
+}
+
+/// One kind of weights: safetensors when there are any, else pytorch_model.bin or its shards.
+fn weight_files(repo: &str, top_level: &[&str]) -> Result<Vec<String>, PullError> {
+    let layouts = [
+        (".safetensors", "model.safetensors", "model.safetensors.index.json", "model-"),
+        (".bin", "pytorch_model.bin", "pytorch_model.bin.index.json", "pytorch_model-"),
+    ];
+    for (extension, single, index, shard_prefix) in layouts {
+        if top_level.contains(&single) {
+            return Ok(vec![single.to_string()]);
+        }
+        if top_level.contains(&index) {
+            let shards = top_level
+                .iter()
+                .filter(|n| n.starts_with(shard_prefix) && n.ends_with(extension))
+                .map(|n| n.to_string());
+            return Ok(std::iter::once(index.to_string()).chain(shards).collect());
+        }
+    }
+    let others = top_level
+        .iter()
+        .filter(|n| OTHER_WEIGHTS.iter().any(|s| n.ends_with(s)) || n.ends_with(".safetensors"))
+        .map(|n| n.to_string())
+        .collect();
+    Err(PullError::NoWeights { repo: repo.into(), others })
 }
 
 fn hub_error(error: ApiError, args: &PullArgs, endpoint: &str) -> PullError {
@@ -266,22 +301,74 @@ mod tests {
     }
 
     #[test]
-    fn a_repository_with_only_pickle_weights_is_refused_with_them_named() {
-        let repo = names(&["config.json", "tokenizer.json", "pytorch_model.bin"]);
-        let error = choose_files("org/m", &repo).unwrap_err();
+    fn takes_pytorch_model_bin_only_where_there_are_no_safetensors() {
+        let repo = names(&["config.json", "tokenizer.json", "pytorch_model.bin", "tf_model.h5"]);
         assert_eq!(
-            error.to_string(),
-            "org/m has no safetensors weights (only pytorch_model.bin): lote loads safetensors \
-             only, never pickle files"
+            choose_files("org/m", &repo).unwrap(),
+            ["config.json", "pytorch_model.bin", "tokenizer.json"]
+        );
+        let sharded = names(&[
+            "config.json",
+            "tokenizer.json",
+            "pytorch_model-00001-of-00002.bin",
+            "pytorch_model-00002-of-00002.bin",
+            "pytorch_model.bin.index.json",
+            "training_args.bin",
+        ]);
+        assert_eq!(
+            choose_files("org/m", &sharded).unwrap(),
+            [
+                "config.json",
+                "pytorch_model-00001-of-00002.bin",
+                "pytorch_model-00002-of-00002.bin",
+                "pytorch_model.bin.index.json",
+                "tokenizer.json"
+            ]
         );
     }
 
     #[test]
-    fn a_repository_without_a_fast_tokenizer_is_refused() {
-        let repo = names(&["config.json", "vocab.txt", "model.safetensors"]);
-        assert!(matches!(
-            choose_files("m", &repo),
-            Err(PullError::Missing { file: "tokenizer.json", .. })
-        ));
+    fn a_repository_without_weights_lote_reads_is_refused_with_what_it_has_named() {
+        let repo = names(&["config.json", "tokenizer.json", "tf_model.h5", "model.ckpt"]);
+        assert_eq!(
+            choose_files("org/m", &repo).unwrap_err().to_string(),
+            "org/m has no weights lote reads (only tf_model.h5, model.ckpt): it reads \
+             model.safetensors (or its shards) and pytorch_model.bin (or its shards)"
+        );
+    }
+
+    #[test]
+    fn takes_the_slow_tokenizer_files_where_there_is_no_tokenizer_json() {
+        let repo = names(&[
+            "config.json",
+            "vocab.json",
+            "merges.txt",
+            "tokenizer_config.json",
+            "special_tokens_map.json",
+            "pytorch_model.bin",
+        ]);
+        assert_eq!(
+            choose_files("m", &repo).unwrap(),
+            [
+                "config.json",
+                "merges.txt",
+                "pytorch_model.bin",
+                "special_tokens_map.json",
+                "tokenizer_config.json",
+                "vocab.json"
+            ]
+        );
+        let with_fast = names(&["config.json", "tokenizer.json", "vocab.txt", "model.safetensors"]);
+        assert!(!choose_files("m", &with_fast).unwrap().contains(&"vocab.txt".to_string()));
+    }
+
+    #[test]
+    fn a_repository_without_any_tokenizer_is_refused() {
+        let repo = names(&["config.json", "model.safetensors", "tokenizer_config.json"]);
+        assert_eq!(
+            choose_files("org/m", &repo).unwrap_err().to_string(),
+            "org/m has no tokenizer: no tokenizer.json, and none of the slow tokenizer files \
+             vocab.txt, vocab.json + merges.txt, spiece.model, sentencepiece.bpe.model"
+        );
     }
 }

@@ -18,6 +18,7 @@ pub mod int8;
 pub mod int8_gemm;
 pub mod kv_cache;
 pub mod layers;
+pub mod pickle;
 pub mod roberta;
 pub mod seq2seq;
 pub mod t5;

@@ -1,10 +1,11 @@
-//! Model weights from safetensors files, and nothing else.
+//! Model weights from safetensors files, else from `pytorch_model.bin` read as data.
 //!
-//! Pickle checkpoints (`.bin`, `.pt`, `.ckpt`) run arbitrary code when loaded, so they are refused
-//! with a message saying how to convert. Each tensor is read once, straight from the file into
-//! its libtorch storage, then moved to the target device and dtype: the bytes are never held
-//! twice, so loading peaks at the size of the weights. A missing or mis-shaped tensor is an
-//! error naming the tensor and both shapes.
+//! Safetensors are preferred when both kinds are there. A `.bin` is a pickle, which runs code
+//! when Python loads it; here it is never run: [`super::pickle`] interprets only the opcodes and
+//! globals of a state dict and refuses anything else, naming it. Each tensor (each storage, for
+//! `.bin`) is read once, straight from the file into its libtorch storage, then moved to the
+//! target device and dtype: the bytes are never held twice, so loading peaks at the size of the
+//! weights. A missing or mis-shaped tensor is an error naming the tensor and both shapes.
 
 use std::{
     collections::HashMap,
@@ -15,16 +16,25 @@ use std::{
 use sha2::{Digest, Sha256};
 use tch::{Device, Kind, Tensor};
 
+use super::pickle::{self, PickleError, StorageDtype};
+
 #[derive(Debug, thiserror::Error)]
 pub enum WeightsError {
     #[error(
-        "{dir}: only pickle weights found ({file}); pickle runs code when loaded, so lote refuses \
-         it: convert to safetensors (e.g. `model.save_pretrained(dir, safe_serialization=True)`)",
+        "{dir}: the weights are in `{file}`, which lote does not read: it reads model.safetensors \
+         (or its shards) and pytorch_model.bin (or its shards); convert with \
+         `model.save_pretrained(dir, safe_serialization=True)`",
         dir = dir.display()
     )]
-    PickleRefused { dir: PathBuf, file: String },
-    #[error("{}: no model.safetensors or model.safetensors.index.json", dir.display())]
+    UnknownFormat { dir: PathBuf, file: String },
+    #[error(
+        "{}: no weights: looked for model.safetensors, model.safetensors.index.json, \
+         pytorch_model.bin and pytorch_model.bin.index.json",
+        dir.display()
+    )]
     NoWeights { dir: PathBuf },
+    #[error(transparent)]
+    Pickle(#[from] PickleError),
     #[error("{}: {reason}", path.display())]
     Unreadable { path: PathBuf, reason: String },
     #[error("tensor `{name}` is missing from the weights (expected shape {expected:?})")]
@@ -43,14 +53,19 @@ pub struct Weights {
 }
 
 impl Weights {
-    /// Loads `model.safetensors`, or every shard named by `model.safetensors.index.json`.
-    /// Floating point tensors are converted to `kind`; integer ones keep theirs.
+    /// Loads `model.safetensors`, or every shard named by `model.safetensors.index.json`, else
+    /// `pytorch_model.bin` or the shards of `pytorch_model.bin.index.json`. Floating point
+    /// tensors are converted to `kind`; integer ones keep theirs.
     pub fn load(dir: &Path, device: Device, kind: Kind) -> Result<Self, WeightsError> {
-        let files = weight_files(dir)?;
+        let (format, files) = weight_files(dir)?;
         let mut tensors = HashMap::new();
         let mut hasher = Sha256::new();
         for path in &files {
-            read_file(path, device, kind, &mut tensors, &mut hasher)?;
+            let into = Target { device, kind };
+            match format {
+                Format::Safetensors => read_file(path, into, &mut tensors, &mut hasher)?,
+                Format::Pickle => read_pickle_file(path, into, &mut tensors, &mut hasher)?,
+            }
         }
         Ok(Self { tensors, sha256: hex(&hasher.finalize()), int8_linears: false })
     }
@@ -108,32 +123,62 @@ impl Weights {
     }
 }
 
-fn weight_files(dir: &Path) -> Result<Vec<PathBuf>, WeightsError> {
-    let single = dir.join("model.safetensors");
-    if single.is_file() {
-        return Ok(vec![single]);
+/// Which kind of checkpoint a directory holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Format {
+    Safetensors,
+    /// torch.save's zip archive, read by [`pickle`] without running it.
+    Pickle,
+}
+
+/// Where loaded tensors go.
+#[derive(Clone, Copy)]
+struct Target {
+    device: Device,
+    kind: Kind,
+}
+
+impl Target {
+    /// `tensor` on the target device, floating point converted to the target kind.
+    fn place(self, tensor: Tensor) -> Tensor {
+        let stored = tensor.kind();
+        let floating = matches!(stored, Kind::Float | Kind::Double | Kind::Half | Kind::BFloat16);
+        tensor.to_device(self.device).to_kind(if floating { self.kind } else { stored })
     }
-    let index = dir.join("model.safetensors.index.json");
-    if index.is_file() {
-        return shard_files(dir, &index);
+}
+
+/// The checkpoint files of `dir`, safetensors first: the hub's own order of preference.
+fn weight_files(dir: &Path) -> Result<(Format, Vec<PathBuf>), WeightsError> {
+    let layouts = [
+        (Format::Safetensors, "model.safetensors", "model.safetensors.index.json"),
+        (Format::Pickle, "pytorch_model.bin", "pytorch_model.bin.index.json"),
+    ];
+    for (format, single, index) in layouts {
+        if dir.join(single).is_file() {
+            return Ok((format, vec![dir.join(single)]));
+        }
+        if dir.join(index).is_file() {
+            return Ok((format, shard_files(dir, &dir.join(index), format)?));
+        }
     }
     let entries = std::fs::read_dir(dir)
         .map_err(|e| WeightsError::Unreadable { path: dir.to_path_buf(), reason: e.to_string() })?;
     let mut names: Vec<String> =
         entries.filter_map(|e| e.ok()).map(|e| e.file_name().to_string_lossy().into()).collect();
     names.sort();
-    if let Some(pickle) = names.iter().find(|n| is_pickle(n)) {
-        return Err(WeightsError::PickleRefused { dir: dir.to_path_buf(), file: pickle.clone() });
+    if let Some(other) = names.iter().find(|n| is_checkpoint(n)) {
+        return Err(WeightsError::UnknownFormat { dir: dir.to_path_buf(), file: other.clone() });
     }
     Err(WeightsError::NoWeights { dir: dir.to_path_buf() })
 }
 
-fn is_pickle(name: &str) -> bool {
-    [".bin", ".pt", ".pth", ".ckpt", ".pkl"].iter().any(|ext| name.ends_with(ext))
+/// Checkpoint files under names the hub's layouts do not use (`model.pt`, `weights.ckpt`...).
+fn is_checkpoint(name: &str) -> bool {
+    [".bin", ".pt", ".pth", ".ckpt", ".pkl", ".safetensors"].iter().any(|ext| name.ends_with(ext))
 }
 
 /// The shard files of a sharded checkpoint, each once, in the order of their names.
-fn shard_files(dir: &Path, index: &Path) -> Result<Vec<PathBuf>, WeightsError> {
+fn shard_files(dir: &Path, index: &Path, format: Format) -> Result<Vec<PathBuf>, WeightsError> {
     let unreadable =
         |reason: String| WeightsError::Unreadable { path: index.to_path_buf(), reason };
     let text = std::fs::read_to_string(index).map_err(|e| unreadable(e.to_string()))?;
@@ -146,18 +191,83 @@ fn shard_files(dir: &Path, index: &Path) -> Result<Vec<PathBuf>, WeightsError> {
         map.values().filter_map(|v| v.as_str().map(String::from)).collect();
     shards.sort();
     shards.dedup();
+    let extension = match format {
+        Format::Safetensors => ".safetensors",
+        Format::Pickle => ".bin",
+    };
     for shard in &shards {
-        if is_pickle(shard) || !shard.ends_with(".safetensors") || shard.contains('/') {
-            return Err(unreadable(format!("shard `{shard}` is not a safetensors file beside it")));
+        if !shard.ends_with(extension) || shard.contains('/') {
+            return Err(unreadable(format!("shard `{shard}` is not a {extension} file beside it")));
         }
     }
     Ok(shards.into_iter().map(|shard| dir.join(shard)).collect())
 }
 
+/// The tensors of one `pytorch_model.bin`: the pickle read as data, then each storage copied
+/// from the file once and viewed by its tensors (tied weights share it, as in PyTorch).
+fn read_pickle_file(
+    path: &Path,
+    into: Target,
+    tensors: &mut HashMap<String, Tensor>,
+    hasher: &mut Sha256,
+) -> Result<(), WeightsError> {
+    use std::os::unix::fs::FileExt;
+
+    let unreadable = |reason: String| WeightsError::Unreadable { path: path.to_path_buf(), reason };
+    let checkpoint = pickle::read_checkpoint(path)?;
+    let file = File::open(path).map_err(|e| unreadable(e.to_string()))?;
+    hash_file(&file, hasher).map_err(|e| unreadable(e.to_string()))?;
+    let mut keys: Vec<&String> = checkpoint.storages.keys().collect();
+    keys.sort();
+    for key in keys {
+        let range = &checkpoint.storages[key];
+        let stored = kind_of(range.dtype);
+        let count = range.len / range.dtype.elem_size() as u64;
+        let storage = Tensor::f_empty([count as i64], (stored, Device::Cpu))?;
+        if range.len > 0 {
+            // SAFETY: `storage` is a fresh contiguous CPU tensor of exactly `range.len` bytes
+            // (the pickle reader checked the entry holds `count` elements of this dtype).
+            let target = unsafe {
+                std::slice::from_raw_parts_mut(storage.data_ptr() as *mut u8, range.len as usize)
+            };
+            file.read_exact_at(target, range.offset)
+                .map_err(|e| unreadable(format!("storage `{key}`: {e}")))?;
+        }
+        for tensor in checkpoint.tensors.iter().filter(|t| &t.storage == key) {
+            let dims = |values: &[usize]| values.iter().map(|&v| v as i64).collect::<Vec<_>>();
+            // The reader checked that this view stays inside the storage.
+            let view = storage.f_as_strided(
+                dims(&tensor.shape),
+                dims(&tensor.strides),
+                tensor.storage_offset as i64,
+            )?;
+            // A view of part of a storage is copied, so the rest of it is not kept alive.
+            let whole = tensor.is_contiguous() && tensor.numel() as u64 == count;
+            let view = if whole { view } else { view.contiguous() };
+            tensors.insert(tensor.name.clone(), into.place(view));
+        }
+    }
+    Ok(())
+}
+
+fn kind_of(dtype: StorageDtype) -> Kind {
+    match dtype {
+        StorageDtype::F32 => Kind::Float,
+        StorageDtype::F16 => Kind::Half,
+        StorageDtype::BF16 => Kind::BFloat16,
+        StorageDtype::F64 => Kind::Double,
+        StorageDtype::I64 => Kind::Int64,
+        StorageDtype::I32 => Kind::Int,
+        StorageDtype::I16 => Kind::Int16,
+        StorageDtype::I8 => Kind::Int8,
+        StorageDtype::U8 => Kind::Uint8,
+        StorageDtype::Bool => Kind::Bool,
+    }
+}
+
 fn read_file(
     path: &Path,
-    device: Device,
-    kind: Kind,
+    into: Target,
     tensors: &mut HashMap<String, Tensor>,
     hasher: &mut Sha256,
 ) -> Result<(), WeightsError> {
@@ -194,9 +304,7 @@ fn read_file(
             file.read_exact_at(target, data_start + begin as u64)
                 .map_err(|e| unreadable(format!("tensor `{name}`: {e}")))?;
         }
-        let floating = matches!(stored, Kind::Float | Kind::Double | Kind::Half | Kind::BFloat16);
-        let target = if floating { kind } else { stored };
-        tensors.insert(name, tensor.to_device(device).to_kind(target));
+        tensors.insert(name, into.place(tensor));
     }
     Ok(())
 }
@@ -272,15 +380,95 @@ mod tests {
         assert!(weights.contains("a") && weights.contains("b"));
     }
 
+    fn pickle_fixture(name: &str) -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/models/pickle").join(name)
+    }
+
+    /// Every tensor of `twin` equals its namesake in `pickled`, which holds nothing else but
+    /// the tied `lm_head.weight` (transformers leaves it out of safetensors files, not of .bin).
+    fn assert_same_tensors(pickled: &Weights, twin: &Weights) {
+        for (name, tensor) in &twin.tensors {
+            let ours = pickled.tensors.get(name).unwrap_or_else(|| panic!("{name} is missing"));
+            assert_eq!(ours.size(), tensor.size(), "{name}");
+            assert_eq!(ours.kind(), tensor.kind(), "{name}");
+            assert!(ours.equal(tensor), "{name} differs");
+        }
+        for name in pickled.tensors.keys().filter(|name| !twin.tensors.contains_key(*name)) {
+            assert_eq!(name, "lm_head.weight");
+        }
+    }
+
     #[test]
-    fn pickle_weights_are_refused_with_advice() {
+    fn pytorch_model_bin_loads_the_same_tensors_as_its_safetensors_twin() {
+        let pairs = [
+            ("bert", "bert_safetensors"),
+            ("gpt2", "gpt2_safetensors"),
+            ("gpt2_sharded", "gpt2_safetensors"),
+        ];
+        for (bin, safe) in pairs {
+            let pickled = Weights::load(&pickle_fixture(bin), Device::Cpu, Kind::Float).unwrap();
+            let twin = Weights::load(&pickle_fixture(safe), Device::Cpu, Kind::Float).unwrap();
+            assert_same_tensors(&pickled, &twin);
+        }
+        let single = pickle_fixture("bert").join("pytorch_model.bin");
+        let weights = Weights::load(&pickle_fixture("bert"), Device::Cpu, Kind::Float).unwrap();
+        assert_eq!(weights.sha256(), hex(&Sha256::digest(std::fs::read(single).unwrap())));
+    }
+
+    #[test]
+    fn safetensors_are_preferred_when_both_kinds_are_there() {
         let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("pytorch_model.bin"), b"not even opened").unwrap();
+        write(
+            dir.path(),
+            "model.safetensors",
+            &[("w", Tensor::ones([2], (Kind::Float, Device::Cpu)))],
+        );
+        std::fs::write(dir.path().join("pytorch_model.bin"), b"never opened").unwrap();
+        let weights = Weights::load(dir.path(), Device::Cpu, Kind::Float).unwrap();
+        assert!(weights.contains("w"));
+    }
+
+    #[test]
+    fn a_hostile_pickle_is_refused_naming_its_global_and_nothing_runs() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::copy(pickle_fixture("evil.bin"), dir.path().join("pytorch_model.bin")).unwrap();
         let error = Weights::load(dir.path(), Device::Cpu, Kind::Float).err().unwrap();
-        assert!(matches!(error, WeightsError::PickleRefused { .. }));
+        assert_eq!(
+            error.to_string(),
+            format!(
+                "{}: refused pickle global posix.system",
+                dir.path().join("pytorch_model.bin").display()
+            )
+        );
+        assert!(!Path::new("/tmp/lote-pickle-fixture-pwned").exists());
+    }
+
+    #[test]
+    fn a_legacy_pickle_is_refused_with_advice() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("pytorch_model.bin");
+        std::fs::copy(pickle_fixture("legacy.bin"), &path).unwrap();
+        let error = Weights::load(dir.path(), Device::Cpu, Kind::Float).err().unwrap();
+        assert_eq!(
+            error.to_string(),
+            format!(
+                "`{}` is a legacy (pre-zip) torch checkpoint; lote reads only the zip format \
+                 torch.save writes since 1.6: re-save it with a current torch or convert to \
+                 safetensors",
+                path.display()
+            )
+        );
+    }
+
+    #[test]
+    fn checkpoints_under_other_names_are_refused_with_advice() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("model.pt"), b"not even opened").unwrap();
+        let error = Weights::load(dir.path(), Device::Cpu, Kind::Float).err().unwrap();
+        assert!(matches!(error, WeightsError::UnknownFormat { .. }));
         let message = error.to_string();
         assert!(
-            message.contains("pytorch_model.bin") && message.contains("convert to safetensors"),
+            message.contains("`model.pt`") && message.contains("safe_serialization"),
             "{message}"
         );
     }

@@ -189,13 +189,17 @@ pub fn wait_exit(child: &mut Child, limit: Duration) -> Option<i32> {
     None
 }
 
-/// A tiny model made by tests/fixtures/make_models.py (`make fixtures`); `LOTE_FIXTURES`
-/// overrides the folder. A missing fixture fails the test: it is never skipped.
-pub fn fixture_model(name: &str) -> std::path::PathBuf {
-    let root = std::env::var("LOTE_FIXTURES").map(std::path::PathBuf::from).unwrap_or_else(|_| {
+/// The folder `make fixtures` writes (tests/fixtures/models); `LOTE_FIXTURES` overrides it.
+pub fn fixtures_dir() -> std::path::PathBuf {
+    std::env::var("LOTE_FIXTURES").map(std::path::PathBuf::from).unwrap_or_else(|_| {
         std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/models")
-    });
-    let dir = root.join(name);
+    })
+}
+
+/// A tiny model made by tests/fixtures/make_models.py (`make fixtures`). A missing fixture fails
+/// the test: it is never skipped.
+pub fn fixture_model(name: &str) -> std::path::PathBuf {
+    let dir = fixtures_dir().join(name);
     assert!(
         dir.join("config.json").is_file(),
         "fixture {} missing: run `make fixtures`",

@@ -29,4 +29,5 @@ mod run_cli;
 mod run_generation;
 mod server;
 mod settings;
+mod slow_tokenizers;
 mod tls;

@@ -1,7 +1,8 @@
 //! `lote models pull` against a stand-in for the Hugging Face hub on loopback: the two HTTP
 //! routes hf-hub speaks (repository info, and ranged file downloads with etag and commit
 //! headers), serving a tiny fixture model beside a pickle file that must never be fetched.
-//! Then the refusals: offline, unreachable, unknown repository, pickle-only repository.
+//! Then the refusals: offline, unreachable, unknown repository, a repository without weights lote
+//! reads.
 
 use crate::common;
 
@@ -165,7 +166,7 @@ async fn refusals_are_one_clear_line_with_exit_code_1() {
     let pickle_only = HashMap::from([
         ("config.json".to_string(), b"{}".to_vec()),
         ("tokenizer.json".to_string(), b"{}".to_vec()),
-        ("pytorch_model.bin".to_string(), b"pickle".to_vec()),
+        ("tf_model.h5".to_string(), b"TensorFlow".to_vec()),
     ]);
     let (endpoint, hub) = start_hub(HashMap::from([("org/old".to_string(), pickle_only)])).await;
     let dir = tempfile::tempdir().unwrap();
@@ -183,8 +184,8 @@ async fn refusals_are_one_clear_line_with_exit_code_1() {
     assert_eq!(code, Some(1));
     assert_eq!(
         stderr.trim_end(),
-        "lote: error: org/old has no safetensors weights (only pytorch_model.bin): lote loads \
-         safetensors only, never pickle files"
+        "lote: error: org/old has no weights lote reads (only tf_model.h5): it reads \
+         model.safetensors (or its shards) and pytorch_model.bin (or its shards)"
     );
     assert!(hub.fetched.lock().unwrap().is_empty(), "nothing is downloaded from a refused repo");
 

@@ -1,4 +1,6 @@
-//! Tokenization with a model's own tokenizer.json, as transformers' fast tokenizers do it.
+//! Tokenization with a model's own tokenizer.json, as transformers' fast tokenizers do it, or,
+//! for repositories that ship only the slow files (vocab.txt, vocab.json + merges.txt, a
+//! SentencePiece model), with the same fast tokenizer built from them by [`slow`].
 //!
 //! Offsets are *character* offsets (what Python's `str` indexes), so answers and entity spans
 //! slice Portuguese accents, emoji and CJK correctly. Truncation and padding are decided here per
@@ -11,13 +13,21 @@ use std::{
 };
 
 use tokenizers::{
-    EncodeInput, Encoding, Tokenizer, TruncationDirection, TruncationParams, TruncationStrategy,
+    EncodeInput, Encoding, ModelWrapper, Tokenizer, TruncationDirection, TruncationParams,
+    TruncationStrategy,
 };
+
+pub mod slow;
 
 #[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
 pub enum TokenizeError {
     #[error("{}: {reason}", path.display())]
     Load { path: PathBuf, reason: String },
+    #[error("{}: no tokenizer: looked for {}", dir.display(), slow::looked_for())]
+    NoTokenizer { dir: PathBuf },
+    /// The slow tokenizer files are there but cannot be converted (the message names the file).
+    #[error("{0}")]
+    SlowFiles(String),
     #[error("input is empty")]
     Empty,
     #[error(
@@ -90,20 +100,22 @@ pub struct TextTokenizer {
 }
 
 impl TextTokenizer {
-    /// Loads `dir/tokenizer.json`, with special tokens from tokenizer_config.json and
-    /// special_tokens_map.json. `model_positions` caps `max_length` at what the model can embed.
+    /// Loads `dir/tokenizer.json` (else the tokenizer built from the slow files), with special
+    /// tokens from tokenizer_config.json and special_tokens_map.json. `model_positions` caps
+    /// `max_length` at what the model can embed.
     pub fn load(dir: &Path, model_positions: Option<usize>) -> Result<Self, TokenizeError> {
         let path = dir.join("tokenizer.json");
         let load_error = |reason: String| TokenizeError::Load { path: path.clone(), reason };
-        let mut inner = Tokenizer::from_file(&path).map_err(|e| load_error(e.to_string()))?;
+        let mut inner = if path.is_file() {
+            Tokenizer::from_file(&path).map_err(|e| load_error(e.to_string()))?
+        } else {
+            slow::from_slow_files(dir)
+                .map_err(|e| TokenizeError::SlowFiles(e.to_string()))?
+                .ok_or_else(|| TokenizeError::NoTokenizer { dir: dir.to_path_buf() })?
+        };
         inner.with_padding(None);
         inner.with_truncation(None).map_err(|e| load_error(e.to_string()))?;
-        let json: serde_json::Value = std::fs::read_to_string(&path)
-            .ok()
-            .and_then(|text| serde_json::from_str(&text).ok())
-            .unwrap_or_default();
-        let word_aware =
-            json["model"]["continuing_subword_prefix"].as_str().is_some_and(|p| !p.is_empty());
+        let word_aware = marks_continuations(inner.get_model());
 
         let config = read_json(&dir.join("tokenizer_config.json"));
         let special_map = read_json(&dir.join("special_tokens_map.json"));
@@ -288,6 +300,18 @@ impl TextTokenizer {
         let encoding =
             self.inner.encode(text, false).map_err(|e| TokenizeError::Failed(e.to_string()))?;
         Ok(encoding.get_ids().to_vec())
+    }
+}
+
+/// Whether the tokenizer model marks word continuations (WordPiece's `##`, a BPE's
+/// `continuing_subword_prefix`).
+fn marks_continuations(model: &ModelWrapper) -> bool {
+    match model {
+        ModelWrapper::WordPiece(model) => !model.continuing_subword_prefix.is_empty(),
+        ModelWrapper::BPE(model) => {
+            model.continuing_subword_prefix.as_ref().is_some_and(|prefix| !prefix.is_empty())
+        }
+        _ => false,
     }
 }
 
