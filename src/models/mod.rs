@@ -38,7 +38,8 @@ use weights::{Weights, WeightsError};
 use crate::device::Placement;
 
 /// The model families lote implements.
-pub const SUPPORTED_MODEL_TYPES: &[&str] = &["bert", "roberta", "distilbert", "albert", "electra"];
+pub const SUPPORTED_MODEL_TYPES: &[&str] =
+    &["bert", "roberta", "xlm-roberta", "distilbert", "albert", "electra"];
 
 #[derive(Debug, thiserror::Error)]
 pub enum ModelError {
@@ -165,7 +166,11 @@ pub fn load_encoder(dir: &Path, placement: &Placement) -> Result<LoadedEncoder, 
     let count = labels.len() as i64;
     let model: Box<dyn Encoder> = match config.model_type.as_str() {
         "bert" => Box::new(bert::Bert::load(&weights, &arch_config(raw)?, head, count)?),
-        "roberta" => Box::new(roberta::Roberta::load(&weights, &arch_config(raw)?, head, count)?),
+        // XLM-RoBERTa is RoBERTa's network (transformers' modeling_xlm_roberta.py copies it,
+        // `roberta.` prefix included) with a larger vocabulary.
+        "roberta" | "xlm-roberta" => {
+            Box::new(roberta::Roberta::load(&weights, &arch_config(raw)?, head, count)?)
+        }
         "electra" => Box::new(electra::Electra::load(&weights, &arch_config(raw)?, head, count)?),
         "distilbert" => {
             Box::new(distilbert::DistilBert::load(&weights, &arch_config(raw)?, head, count)?)

@@ -1,6 +1,8 @@
 //! Parity with transformers on the tiny random models of tests/fixtures/make_models.py: the same
-//! token ids and offsets from the same tokenizer.json, logits within 1e-4 for each input alone,
-//! and a padded batch of mixed lengths giving what each input gives alone.
+//! token ids and offsets from the same tokenizer (tokenizer.json, or for bert-mlm-slow the one
+//! built from vocab.txt), logits within 1e-4 for each input alone, and a padded batch of mixed
+//! lengths giving what each input gives alone. The XLM-R and bert-mlm-slow weights are
+//! pytorch_model.bin files (sharded for bert-mlm-slow), read by lote's unpickler.
 
 use crate::common;
 
@@ -37,6 +39,11 @@ pub(crate) const MODELS: &[&str] = &[
     "electra-qa",
     "electra-cls",
     "electra-ner",
+    "xlm-roberta-mlm",
+    "xlm-roberta-qa",
+    "xlm-roberta-cls",
+    "xlm-roberta-ner",
+    "bert-mlm-slow",
 ];
 
 fn cpu() -> Placement {

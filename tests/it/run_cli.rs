@@ -189,15 +189,24 @@ fn unsupported_and_unsafe_model_directories_are_clear_errors() {
     let (code, stderr) = try_load();
     assert_eq!(code, Some(2));
     assert!(
-        stderr.contains("model_type `gpt_neox` is not supported; supported: bert, roberta, distilbert, albert, electra"),
+        stderr.contains("model_type `gpt_neox` is not supported; supported: bert, roberta, xlm-roberta, distilbert, albert, electra"),
         "{stderr}"
     );
     let bert = common::fixture_model("bert-mlm");
     std::fs::copy(bert.join("config.json"), model.join("config.json")).unwrap();
-    std::fs::write(model.join("pytorch_model.bin"), b"pickle").unwrap();
+    // A pickle that would run a command if Python loaded it: refused by name, nothing runs.
+    let evil = common::fixtures_dir().join("pickle/evil.bin");
+    std::fs::copy(evil, model.join("pytorch_model.bin")).unwrap();
     let (code, stderr) = try_load();
     assert_eq!(code, Some(2));
-    assert!(stderr.contains("only pickle weights found (pytorch_model.bin)"), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "{}: refused pickle global posix.system",
+            model.join("pytorch_model.bin").display()
+        )),
+        "{stderr}"
+    );
+    assert!(!std::path::Path::new("/tmp/lote-pickle-fixture-pwned").exists());
     // A checkpoint whose config promises a wider model than its tensors hold.
     std::fs::remove_file(model.join("pytorch_model.bin")).unwrap();
     std::fs::copy(bert.join("model.safetensors"), model.join("model.safetensors")).unwrap();
