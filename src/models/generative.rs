@@ -1,5 +1,6 @@
-//! Generative models loaded from a model directory: GPT-2 (decoder-only), BART/mBART and T5
-//! (encoder-decoder), with the generation settings the directory carries.
+//! Generative models loaded from a model directory: GPT-2 and the Llama family (Llama, Mistral,
+//! Qwen2; decoder-only), BART/mBART and T5 (encoder-decoder), with the generation settings the
+//! directory carries.
 
 use std::path::Path;
 
@@ -9,7 +10,9 @@ use tch::Tensor;
 use super::{
     ModelError,
     bart::{Bart, BartConfig},
-    gpt2::{Gpt2, Gpt2Config, Gpt2Step},
+    causal::CausalStep,
+    gpt2::{Gpt2, Gpt2Config},
+    llama::{Llama, LlamaConfig},
     seq2seq::{Seq2Seq, Seq2SeqStep},
     t5::{T5, T5Config},
 };
@@ -18,10 +21,12 @@ use crate::{
     generation::{DecoderStep, GenerateConfig, GenerateOverrides},
 };
 
-pub const SUPPORTED_GENERATIVE_TYPES: &[&str] = &["gpt2", "bart", "mbart", "t5"];
+pub const SUPPORTED_GENERATIVE_TYPES: &[&str] =
+    &["gpt2", "llama", "mistral", "qwen2", "bart", "mbart", "t5"];
 
 pub enum Generative {
     Gpt2(Gpt2),
+    Llama(Llama),
     Bart(Bart),
     T5(T5),
 }
@@ -41,14 +46,15 @@ pub struct LoadedGenerator {
 
 impl LoadedGenerator {
     pub fn is_encoder_decoder(&self) -> bool {
-        !matches!(self.model, Generative::Gpt2(_))
+        !matches!(self.model, Generative::Gpt2(_) | Generative::Llama(_))
     }
 
     /// A decoder step over `ids` `[batch, len]` with `mask` (1 = real token): the prompt for
     /// GPT-2 (left-padded), the encoder input for the others.
     pub fn step<'a>(&'a self, ids: &Tensor, mask: &Tensor) -> Box<dyn DecoderStep + 'a> {
         match &self.model {
-            Generative::Gpt2(model) => Box::new(Gpt2Step::new(model, mask)),
+            Generative::Gpt2(model) => Box::new(CausalStep::new(model, mask)),
+            Generative::Llama(model) => Box::new(CausalStep::new(model, mask)),
             Generative::Bart(model) => Box::new(Seq2SeqStep::new(model as &dyn Seq2Seq, ids, mask)),
             Generative::T5(model) => Box::new(Seq2SeqStep::new(model as &dyn Seq2Seq, ids, mask)),
         }
@@ -99,6 +105,11 @@ pub fn load_generator(dir: &Path, placement: &Placement) -> Result<LoadedGenerat
             let cfg: Gpt2Config = arch_config(&config)?;
             let positions = cfg.n_positions as usize;
             (Generative::Gpt2(Gpt2::load(&weights, &cfg)?), positions)
+        }
+        "llama" | "mistral" | "qwen2" => {
+            let cfg: LlamaConfig = arch_config(&config)?;
+            let positions = cfg.max_position_embeddings as usize;
+            (Generative::Llama(Llama::load(&weights, &cfg, &model_type)?), positions)
         }
         "bart" | "mbart" => {
             let cfg: BartConfig = arch_config(&config)?;

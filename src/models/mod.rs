@@ -9,6 +9,7 @@
 pub mod albert;
 pub mod bart;
 pub mod bert;
+pub mod causal;
 pub mod distilbert;
 pub mod electra;
 pub mod generative;
@@ -18,6 +19,7 @@ pub mod int8;
 pub mod int8_gemm;
 pub mod kv_cache;
 pub mod layers;
+pub mod llama;
 pub mod pickle;
 pub mod roberta;
 pub mod seq2seq;

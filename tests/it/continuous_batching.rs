@@ -93,6 +93,20 @@ async fn gpt2_joins_in_int8_give_what_each_gives_alone() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn llama_family_joins_give_what_each_gives_alone() {
+    for model in ["llama", "mistral", "qwen2"] {
+        joins_equal_alone(model, Task::TextGeneration, Dtype::Fp32).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn llama_family_joins_in_int8_give_what_each_gives_alone() {
+    for model in ["llama", "mistral", "qwen2"] {
+        joins_equal_alone(model, Task::TextGeneration, Dtype::Int8).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bart_joins_give_what_each_gives_alone() {
     joins_equal_alone("bart", Task::Summarization, Dtype::Fp32).await;
 }

@@ -1,5 +1,5 @@
-//! Generation parity with transformers' `generate` on the tiny GPT-2, BART, mBART and T5 models
-//! of tests/fixtures/make_generation_models.py: greedy, beam search (length penalty, early
+//! Generation parity with transformers' `generate` on the tiny GPT-2, Llama, Mistral, Qwen2, BART,
+//! mBART and T5 models of tests/fixtures/make_generation_models.py: greedy, beam search (length penalty, early
 //! stopping, no-repeat n-grams, min length, eos lists, bad words, forced tokens) and seeded
 //! sampling give identical token ids; the first decode steps' logits are within 1e-4; batches
 //! of mixed lengths give what each input gives alone; the cached path equals recomputing.
@@ -25,7 +25,8 @@ use lote::{
 use serde_json::Value;
 use tch::{Device, Kind, Tensor};
 
-const MODELS: &[&str] = &["gpt2", "gpt2-scaled", "bart", "mbart", "t5", "t5-v1_1"];
+const MODELS: &[&str] =
+    &["gpt2", "gpt2-scaled", "llama", "mistral", "qwen2", "bart", "mbart", "t5", "t5-v1_1"];
 
 fn placement() -> Placement {
     Placement { device: Device::Cpu, dtype: Dtype::Fp32 }
