@@ -93,7 +93,7 @@ fn read_json(path: &Path) -> Result<Option<Value>, ModelError> {
 pub fn load_generator(dir: &Path, placement: &Placement) -> Result<LoadedGenerator, ModelError> {
     let config = read_json(&dir.join("config.json"))?.ok_or_else(|| ModelError::Unreadable {
         path: dir.join("config.json"),
-        reason: "not found".into(),
+        reason: super::NO_CONFIG.into(),
     })?;
     let model_type = config["model_type"].as_str().unwrap_or_default().to_string();
     if !SUPPORTED_GENERATIVE_TYPES.contains(&model_type.as_str()) {

@@ -313,15 +313,30 @@ impl Llama {
         let k = rotate(split(&qkv[1], self.kv_heads));
         let v = split(&qkv[2], self.kv_heads);
         let (k, v) = cache.append(layer, k, v);
+        // Grouped-query attention without repeating keys and values per query head (which
+        // would copy the whole cache every step): the query heads of a key/value head are
+        // stacked along the query axis, `[batch, kv_heads, groups * new, dim]`, as transformers'
+        // repeat_kv orders them (query head h reads key/value head h / groups).
         let groups = self.heads / self.kv_heads;
-        let (k, v) = (repeat_kv(&k, groups), repeat_kv(&v, groups));
+        let q = q.reshape([batch, self.kv_heads, groups * new, self.head_dim]);
         let kind = q.kind();
         let scores = q.matmul(&k.transpose(-1, -2)) * (self.head_dim as f64).powf(-0.5);
+        let total = scores.size()[3];
+        let scores = scores.view([batch, self.kv_heads, groups, new, total]);
         let min = Tensor::from(dtype_min(scores.kind()))
             .to_kind(scores.kind())
             .to_device(scores.device());
-        let probs = scores.where_self(allowed, &min).softmax(-1, Kind::Float).to_kind(kind);
-        let out = probs.matmul(&v).transpose(1, 2).contiguous().view([batch, new, q_width]);
+        let probs = scores
+            .where_self(&allowed.unsqueeze(2), &min)
+            .softmax(-1, Kind::Float)
+            .to_kind(kind)
+            .view([batch, self.kv_heads, groups * new, total]);
+        let out = probs
+            .matmul(&v)
+            .view([batch, self.heads, new, self.head_dim])
+            .transpose(1, 2)
+            .contiguous()
+            .view([batch, new, q_width]);
         block.o_proj.forward(&out)
     }
 }
@@ -330,20 +345,6 @@ impl Llama {
 fn rotate_half(x: &Tensor) -> Tensor {
     let half = x.size().last().copied().expect("a head axis") / 2;
     Tensor::cat(&[-x.narrow(-1, half, half), x.narrow(-1, 0, half)], -1)
-}
-
-/// Keys or values `[batch, kv_heads, len, dim]` repeated for the query heads of each group.
-fn repeat_kv(x: &Tensor, groups: i64) -> Tensor {
-    if groups == 1 {
-        return x.shallow_clone();
-    }
-    let (batch, kv_heads, len, dim) = x.size4().expect("[batch, heads, len, dim]");
-    x.unsqueeze(2).expand([batch, kv_heads, groups, len, dim], false).reshape([
-        batch,
-        kv_heads * groups,
-        len,
-        dim,
-    ])
 }
 
 impl CausalLm for Llama {

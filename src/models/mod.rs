@@ -142,6 +142,10 @@ impl ModelConfig {
     }
 }
 
+/// Why a directory without config.json is not a model directory.
+pub(crate) const NO_CONFIG: &str =
+    "not found: a model directory holds config.json beside its weights and tokenizer";
+
 /// A loaded encoder and what it was loaded from.
 pub struct LoadedEncoder {
     pub config: ModelConfig,
@@ -153,6 +157,9 @@ pub struct LoadedEncoder {
 /// Reads config.json and the weights of `dir` onto `placement`'s device and dtype.
 pub fn load_encoder(dir: &Path, placement: &Placement) -> Result<LoadedEncoder, ModelError> {
     let config_path = dir.join("config.json");
+    if !config_path.is_file() {
+        return Err(ModelError::Unreadable { path: config_path, reason: NO_CONFIG.into() });
+    }
     let text = std::fs::read_to_string(&config_path)
         .map_err(|e| ModelError::Unreadable { path: config_path.clone(), reason: e.to_string() })?;
     let raw: serde_json::Value = serde_json::from_str(&text)

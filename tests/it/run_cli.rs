@@ -185,6 +185,15 @@ fn unsupported_and_unsafe_model_directories_are_clear_errors() {
             .unwrap();
         (out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned())
     };
+    let (code, stderr) = try_load();
+    assert_eq!(code, Some(2));
+    assert!(
+        stderr.contains(&format!(
+            "{}: not found: a model directory holds config.json beside its weights and tokenizer",
+            model.join("config.json").display()
+        )),
+        "{stderr}"
+    );
     std::fs::write(model.join("config.json"), r#"{"model_type": "gpt_neox"}"#).unwrap();
     let (code, stderr) = try_load();
     assert_eq!(code, Some(2));
