@@ -123,33 +123,6 @@ impl Gpt2 {
         })
     }
 
-    pub fn layers(&self) -> usize {
-        self.blocks.len()
-    }
-
-    /// Logits `[batch, new, vocab]` for `ids` `[batch, new]` at `positions`, attending to the
-    /// cached past and to itself. `key_mask` `[batch, past + new]` is 1 for real tokens, 0 for
-    /// padding.
-    pub fn forward(
-        &self,
-        ids: &Tensor,
-        positions: &Tensor,
-        key_mask: &Tensor,
-        cache: &mut KvCache,
-    ) -> Tensor {
-        let _no_grad = tch::no_grad_guard();
-        let mut x = Tensor::embedding(&self.wte, ids, -1, false, false)
-            + Tensor::embedding(&self.wpe, positions, -1, false, false);
-        let allowed = allowed_keys(key_mask, ids.size()[1]);
-        for (i, block) in self.blocks.iter().enumerate() {
-            let attended = self.attention(block, i, &block.ln_1.forward(&x), &allowed, cache);
-            x += attended;
-            let inner = self.activation.forward(&block.c_fc.forward(&block.ln_2.forward(&x)));
-            x += block.mlp_proj.forward(&inner);
-        }
-        self.lm_head.forward(&self.ln_f.forward(&x))
-    }
-
     fn attention(
         &self,
         block: &Block,
@@ -192,6 +165,16 @@ impl CausalLm for Gpt2 {
         key_mask: &Tensor,
         cache: &mut KvCache,
     ) -> Tensor {
-        Gpt2::forward(self, ids, positions, key_mask, cache)
+        let _no_grad = tch::no_grad_guard();
+        let mut x = Tensor::embedding(&self.wte, ids, -1, false, false)
+            + Tensor::embedding(&self.wpe, positions, -1, false, false);
+        let allowed = allowed_keys(key_mask, ids.size()[1]);
+        for (i, block) in self.blocks.iter().enumerate() {
+            let attended = self.attention(block, i, &block.ln_1.forward(&x), &allowed, cache);
+            x += attended;
+            let inner = self.activation.forward(&block.c_fc.forward(&block.ln_2.forward(&x)));
+            x += block.mlp_proj.forward(&inner);
+        }
+        self.lm_head.forward(&self.ln_f.forward(&x))
     }
 }
