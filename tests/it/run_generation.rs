@@ -73,6 +73,9 @@ fn every_architecture_generates_in_bf16() {
     let line = r#"{"text": "A ação foi concluída com sucesso", "params": {"max_new_tokens": 6, "min_new_tokens": 6, "num_beams": 2}}"#;
     for (model, task) in [
         ("gpt2", "text-generation"),
+        ("llama", "text-generation"),
+        ("mistral", "text-generation"),
+        ("qwen2", "text-generation"),
         ("bart", "summarization"),
         ("mbart", "summarization"),
         ("t5", "summarization"),
