@@ -45,12 +45,24 @@ impl Linear {
         output: i64,
         biased: bool,
     ) -> Result<Self, WeightsError> {
-        let mut weights = Vec::with_capacity(names.len());
-        let mut biases = Vec::with_capacity(names.len());
-        for name in names {
-            weights.push(w.get(&format!("{name}.weight"), &[output, input])?);
+        let layers: Vec<(String, i64)> = names.iter().map(|name| (name.clone(), output)).collect();
+        Self::load_concatenated(w, &layers, input, biased)
+    }
+
+    /// Like [`Linear::load_stacked`] for layers of different widths (`(name, output)` pairs,
+    /// e.g. grouped-query attention's q, k and v): the outputs come in order along the last axis.
+    pub fn load_concatenated(
+        w: &Weights,
+        layers: &[(String, i64)],
+        input: i64,
+        biased: bool,
+    ) -> Result<Self, WeightsError> {
+        let mut weights = Vec::with_capacity(layers.len());
+        let mut biases = Vec::with_capacity(layers.len());
+        for (name, output) in layers {
+            weights.push(w.get(&format!("{name}.weight"), &[*output, input])?);
             if biased {
-                biases.push(w.get(&format!("{name}.bias"), &[output])?);
+                biases.push(w.get(&format!("{name}.bias"), &[*output])?);
             }
         }
         let bias = biased.then(|| Tensor::cat(&biases, 0));

@@ -163,25 +163,6 @@ pub struct Llama {
     pub config: LlamaConfig,
 }
 
-/// Several linear layers that read the same input, as one (their outputs concatenated).
-fn stacked(
-    w: &Weights,
-    names: &[(String, i64)],
-    input: i64,
-    biased: bool,
-) -> Result<Linear, WeightsError> {
-    let mut weights = Vec::new();
-    let mut biases = Vec::new();
-    for (name, output) in names {
-        weights.push(w.get(&format!("{name}.weight"), &[*output, input])?);
-        if biased {
-            biases.push(w.get(&format!("{name}.bias"), &[*output])?);
-        }
-    }
-    let bias = biased.then(|| Tensor::cat(&biases, 0));
-    Ok(Linear::new(w, Tensor::cat(&weights, 0), bias))
-}
-
 impl Llama {
     pub fn load(w: &Weights, cfg: &LlamaConfig, model_type: &str) -> Result<Self, ModelError> {
         if cfg.hidden_act != "silu" {
@@ -244,7 +225,7 @@ impl Llama {
                         d,
                         cfg.rms_norm_eps,
                     )?,
-                    qkv: stacked(w, &qkv, d, q_bias)?,
+                    qkv: Linear::load_concatenated(w, &qkv, d, q_bias)?,
                     o_proj: Linear::new(w, o_proj, o_bias),
                     post_attention_norm: RmsNorm::load(
                         w,
@@ -252,7 +233,7 @@ impl Llama {
                         d,
                         cfg.rms_norm_eps,
                     )?,
-                    gate_up: stacked(
+                    gate_up: Linear::load_concatenated(
                         w,
                         &[(mlp("gate_proj"), ffn), (mlp("up_proj"), ffn)],
                         d,
