@@ -211,8 +211,6 @@ fn read_pickle_file(
     tensors: &mut HashMap<String, Tensor>,
     hasher: &mut Sha256,
 ) -> Result<(), WeightsError> {
-    use std::os::unix::fs::FileExt;
-
     let unreadable = |reason: String| WeightsError::Unreadable { path: path.to_path_buf(), reason };
     let checkpoint = pickle::read_checkpoint(path)?;
     let file = File::open(path).map_err(|e| unreadable(e.to_string()))?;
@@ -224,15 +222,9 @@ fn read_pickle_file(
         let stored = kind_of(range.dtype);
         let count = range.len / range.dtype.elem_size() as u64;
         let storage = Tensor::f_empty([count as i64], (stored, Device::Cpu))?;
-        if range.len > 0 {
-            // SAFETY: `storage` is a fresh contiguous CPU tensor of exactly `range.len` bytes
-            // (the pickle reader checked the entry holds `count` elements of this dtype).
-            let target = unsafe {
-                std::slice::from_raw_parts_mut(storage.data_ptr() as *mut u8, range.len as usize)
-            };
-            file.read_exact_at(target, range.offset)
-                .map_err(|e| unreadable(format!("storage `{key}`: {e}")))?;
-        }
+        // The pickle reader checked that the entry holds `count` elements of this dtype.
+        fill_from_file(&file, &storage, range.offset)
+            .map_err(|e| unreadable(format!("storage `{key}`: {e}")))?;
         for tensor in checkpoint.tensors.iter().filter(|t| &t.storage == key) {
             let dims = |values: &[usize]| values.iter().map(|&v| v as i64).collect::<Vec<_>>();
             // The reader checked that this view stays inside the storage.
@@ -271,8 +263,6 @@ fn read_file(
     tensors: &mut HashMap<String, Tensor>,
     hasher: &mut Sha256,
 ) -> Result<(), WeightsError> {
-    use std::os::unix::fs::FileExt;
-
     let unreadable = |reason: String| WeightsError::Unreadable { path: path.to_path_buf(), reason };
     let file = File::open(path).map_err(|e| unreadable(e.to_string()))?;
     hash_file(&file, hasher).map_err(|e| unreadable(e.to_string()))?;
@@ -295,18 +285,28 @@ fn read_file(
                 end - begin
             )));
         }
-        if bytes > 0 {
-            // Straight from the file into the tensor: the bytes are never held twice, so peak
-            // memory is the weights themselves (a mapping read through would count in RSS).
-            // SAFETY: `tensor` is a fresh contiguous CPU tensor of exactly `bytes` bytes.
-            let target =
-                unsafe { std::slice::from_raw_parts_mut(tensor.data_ptr() as *mut u8, bytes) };
-            file.read_exact_at(target, data_start + begin as u64)
-                .map_err(|e| unreadable(format!("tensor `{name}`: {e}")))?;
-        }
+        fill_from_file(&file, &tensor, data_start + begin as u64)
+            .map_err(|e| unreadable(format!("tensor `{name}`: {e}")))?;
         tensors.insert(name, into.place(tensor));
     }
     Ok(())
+}
+
+/// Reads `tensor`'s bytes straight from `file` at `offset` into its storage: the bytes are never
+/// held twice, so peak memory is the weights themselves (a mapping read through would count in
+/// RSS). `tensor` is a fresh contiguous CPU tensor, as [`Tensor::f_empty`] makes them.
+fn fill_from_file(file: &File, tensor: &Tensor, offset: u64) -> std::io::Result<()> {
+    use std::os::unix::fs::FileExt;
+
+    assert!(tensor.device() == Device::Cpu && tensor.is_contiguous(), "a fresh CPU tensor");
+    let bytes = tensor.numel() * tensor.kind().elt_size_in_bytes();
+    if bytes == 0 {
+        return Ok(());
+    }
+    // SAFETY: a contiguous CPU tensor owns exactly `bytes` bytes at `data_ptr`, and nothing
+    // else reads or writes them while this slice lives.
+    let target = unsafe { std::slice::from_raw_parts_mut(tensor.data_ptr() as *mut u8, bytes) };
+    file.read_exact_at(target, offset)
 }
 
 /// Feeds the whole file to `hasher` in chunks (the checkpoint's identity in answers).
