@@ -229,6 +229,7 @@ fn run_file(settings: Settings, args: &RunArgs) -> Result<(), CliError> {
         params: &args.params,
         placement,
         policy: Policy::from_settings(&settings.batching),
+        max_documents: settings.server.limits.max_inputs_per_call,
     })?;
     let seconds = started.elapsed().as_secs_f64();
     let stats = summary.batches;

@@ -133,6 +133,13 @@ fn read_documents(path: &PathBuf) -> Result<Vec<pb::JobDocument>, JobsCliError> 
             question: text("question"),
             context: text("context"),
             params_json: value.get("params").map(Value::to_string).unwrap_or_default(),
+            text_pair: text("text_pair"),
+            query: text("query"),
+            documents: value
+                .get("documents")
+                .and_then(Value::as_array)
+                .map(|items| items.iter().map(|d| d.as_str().unwrap_or_default().into()).collect())
+                .unwrap_or_default(),
         });
     }
     Ok(documents)

@@ -57,6 +57,8 @@ pub struct RunRequest<'a> {
     /// The engine's batching policy (the bulk lane is used); its size and token bounds are also
     /// the direct batch budget.
     pub policy: Policy,
+    /// Most documents of one rerank line (`server.limits.max_inputs_per_call`).
+    pub max_documents: usize,
 }
 
 /// Counts of a finished run.
@@ -143,6 +145,7 @@ struct Runner {
     /// What the encoder model computed (None for generation).
     stats: Option<Arc<Mutex<BatchStats>>>,
     runtime: tokio::runtime::Runtime,
+    max_documents: usize,
 }
 
 /// A line's parameters, parsed for its runner.
@@ -174,7 +177,7 @@ impl Runner {
         };
         let served =
             runtime.block_on(async move { ServedModel::start("run", loaded, policy, pool, None) });
-        Ok(Self { served, stats, runtime })
+        Ok(Self { served, stats, runtime, max_documents: request.max_documents })
     }
 
     fn task(&self) -> Task {
@@ -291,7 +294,7 @@ fn parse_line(pipeline: &Runner, defaults: &Map<String, Value>, number: usize, t
             Some(Value::Null) | None => {}
             Some(_) => return Err("`params` must be an object".to_string()),
         }
-        let input = input_of(pipeline.task(), object)?;
+        let input = input_of(pipeline.task(), object, pipeline.max_documents)?;
         let params = pipeline.parse_params(&Value::Object(params)).map_err(|e| e.to_string())?;
         Ok((input, params))
     })();
@@ -299,20 +302,12 @@ fn parse_line(pipeline: &Runner, defaults: &Map<String, Value>, number: usize, t
 }
 
 /// The task's input fields; anything else on the line is an error, not silently ignored.
-fn input_of(task: Task, mut object: Map<String, Value>) -> Result<TaskInput, String> {
-    let mut take = |field: &str| -> Result<String, String> {
-        match object.remove(field) {
-            Some(Value::String(text)) => Ok(text),
-            Some(_) => Err(format!("`{field}` must be a string")),
-            None => Err(format!("missing field `{field}`")),
-        }
-    };
-    let input = match task {
-        Task::QuestionAnswering => {
-            TaskInput::QuestionContext { question: take("question")?, context: take("context")? }
-        }
-        _ => TaskInput::Text { text: take("text")? },
-    };
+fn input_of(
+    task: Task,
+    mut object: Map<String, Value>,
+    max_documents: usize,
+) -> Result<TaskInput, String> {
+    let input = crate::tasks::input_from_fields(task, &mut object, max_documents)?;
     if let Some(unknown) = object.keys().next() {
         return Err(format!("unknown field `{unknown}`"));
     }

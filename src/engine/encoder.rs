@@ -95,6 +95,7 @@ impl EncoderService {
         };
         let mut tokenize = started.elapsed();
         let input_tokens = call.input_tokens();
+        let usage_tokens = call.usage_tokens();
         if let Some(limit) = self.max_input_tokens
             && let Some((index, &tokens)) =
                 input_tokens.iter().enumerate().find(|&(_, &tokens)| tokens > limit)
@@ -125,7 +126,7 @@ impl EncoderService {
         };
         tokenize += finishing.elapsed();
         let report = CallReport {
-            input_tokens: input_tokens.iter().sum(),
+            input_tokens: usage_tokens,
             output_tokens: 0,
             queue,
             tokenize,

@@ -24,7 +24,7 @@ use crate::{
         registry::{Registry, ServedModel},
     },
     settings::{LimitSettings, Task},
-    tasks::{Embedding, TaskInput, TaskOutput, TaskResult, generate::GenerationResult},
+    tasks::{Embedding, TaskInput, TaskOutput, TaskResult, generate::GenerationResult, rerank},
 };
 
 /// Room left before the transport's own deadline fires (it would answer CANCELLED), so that
@@ -326,8 +326,20 @@ impl pb::inference_server::Inference for InferenceService {
             }
             put(&mut params, "function_to_apply", r.function_to_apply);
             put(&mut params, "truncation", r.truncation);
+            let inputs = if r.text_pairs.is_empty() {
+                texts(r.inputs)
+            } else if r.text_pairs.len() == r.inputs.len() {
+                let pairs = r.inputs.into_iter().zip(r.text_pairs);
+                pairs.map(|(text, text_pair)| TaskInput::TextPair { text, text_pair }).collect()
+            } else {
+                return Err(EngineError::Invalid(format!(
+                    "`text_pairs` has {} texts for {} inputs: give one per input, or none",
+                    r.text_pairs.len(),
+                    r.inputs.len()
+                )));
+            };
             let (results, metadata) = self
-                .run_encoder(&r.model, Task::TextClassification, texts(r.inputs), params, deadline)
+                .run_encoder(&r.model, Task::TextClassification, inputs, params, deadline)
                 .await?;
             let results = results
                 .into_iter()
@@ -345,6 +357,89 @@ impl pb::inference_server::Inference for InferenceService {
                 })
                 .collect();
             Ok(pb::ClassifyResponse { results, metadata: Some(metadata) })
+        })
+        .await
+    }
+
+    async fn rerank(
+        &self,
+        request: Request<pb::RerankRequest>,
+    ) -> Result<Response<pb::RerankResponse>, Status> {
+        let (metadata_map, _, r) = request.into_parts();
+        self.call("Rerank", &metadata_map, |deadline| async move {
+            rerank::check_documents(&r.documents, self.limits.max_inputs_per_call)
+                .map_err(|e| EngineError::Invalid(e.to_string()))?;
+            let mut params = Map::new();
+            put(&mut params, "top_n", r.top_n);
+            params.insert("return_documents".into(), json!(r.return_documents));
+            params.insert("raw_scores".into(), json!(r.raw_scores));
+            put(
+                &mut params,
+                "truncation",
+                r.truncation.map(|t| match t.as_str() {
+                    "true" => json!(true),
+                    "false" => json!(false),
+                    other => json!(other),
+                }),
+            );
+            let input = TaskInput::Query { query: r.query, documents: r.documents };
+            let (mut results, metadata) = self
+                .run_encoder(&r.model, Task::Rerank, vec![input], params, deadline)
+                .await
+                .map_err(|error| match error {
+                    // One input a call: its error is the call's, without an input index.
+                    EngineError::InvalidInput { message, .. } => EngineError::Invalid(message),
+                    other => other,
+                })?;
+            let result = results.pop().expect("one result for one input");
+            let TaskOutput::Ranking(ranked) = result.output else {
+                unreachable!("rerank gives a ranking")
+            };
+            let results = ranked
+                .into_iter()
+                .map(|r| pb::RankedDocument {
+                    index: r.index as u32,
+                    score: r.score,
+                    document: r.document,
+                })
+                .collect();
+            Ok(pb::RerankResponse {
+                results,
+                truncated: result.truncated,
+                metadata: Some(metadata),
+            })
+        })
+        .await
+    }
+
+    async fn classify_zero_shot(
+        &self,
+        request: Request<pb::ClassifyZeroShotRequest>,
+    ) -> Result<Response<pb::ClassifyZeroShotResponse>, Status> {
+        let (metadata_map, _, r) = request.into_parts();
+        self.call("ClassifyZeroShot", &metadata_map, |deadline| async move {
+            let mut params = Map::new();
+            params.insert("candidate_labels".into(), json!(r.candidate_labels));
+            put(&mut params, "hypothesis_template", r.hypothesis_template);
+            params.insert("multi_label".into(), json!(r.multi_label));
+            let task = Task::ZeroShotClassification;
+            let (results, metadata) =
+                self.run_encoder(&r.model, task, texts(r.inputs), params, deadline).await?;
+            let results = results
+                .into_iter()
+                .map(|result| {
+                    let TaskOutput::ZeroShot(answer) = result.output else {
+                        unreachable!("zero-shot-classification gives labels and scores")
+                    };
+                    pb::ZeroShotClassification {
+                        sequence: answer.sequence,
+                        labels: answer.labels,
+                        scores: answer.scores,
+                        truncated: result.truncated,
+                    }
+                })
+                .collect();
+            Ok(pb::ClassifyZeroShotResponse { results, metadata: Some(metadata) })
         })
         .await
     }

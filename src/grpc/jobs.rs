@@ -76,6 +76,10 @@ fn json_object(text: &str, what: &str) -> Result<Option<Value>, JobError> {
 fn new_document(index: usize, d: pb::JobDocument) -> Result<NewDocument, JobError> {
     let input = if !d.question.is_empty() || !d.context.is_empty() {
         serde_json::json!({ "question": d.question, "context": d.context })
+    } else if !d.query.is_empty() || !d.documents.is_empty() {
+        serde_json::json!({ "query": d.query, "documents": d.documents })
+    } else if !d.text_pair.is_empty() {
+        serde_json::json!({ "text": d.text, "text_pair": d.text_pair })
     } else {
         serde_json::json!({ "text": d.text })
     };

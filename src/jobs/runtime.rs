@@ -46,7 +46,12 @@ pub fn prepare_with(
         Dispatch::Local(LocalQueueHandle::default())
     };
     let handler = Arc::new(DocumentHandler::new(store.clone(), executor.clone()));
-    let jobs = Jobs::new(store.clone(), executor, dispatch.clone());
+    let jobs = Jobs::new(
+        store.clone(),
+        executor,
+        dispatch.clone(),
+        settings.server.limits.max_inputs_per_call,
+    );
     let consumers = Consumers {
         store,
         handler,

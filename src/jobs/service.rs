@@ -55,11 +55,18 @@ pub struct Jobs {
     pub store: JobStore,
     executor: Arc<dyn Executor>,
     dispatch: Dispatch,
+    /// Most documents of one rerank document (`server.limits.max_inputs_per_call`).
+    max_rerank_documents: usize,
 }
 
 impl Jobs {
-    pub fn new(store: JobStore, executor: Arc<dyn Executor>, dispatch: Dispatch) -> Self {
-        Self { store, executor, dispatch }
+    pub fn new(
+        store: JobStore,
+        executor: Arc<dyn Executor>,
+        dispatch: Dispatch,
+        max_rerank_documents: usize,
+    ) -> Self {
+        Self { store, executor, dispatch, max_rerank_documents }
     }
 
     /// Checks and stores a job, then hands its documents to the queue.
@@ -90,7 +97,7 @@ impl Jobs {
                     document.custom_id
                 )));
             }
-            task_input(task, &document.input)
+            task_input(task, &document.input, self.max_rerank_documents)
                 .map_err(|why| JobError::Invalid(format!("documents[{index}]: {why}")))?;
             if document.params.as_ref().is_some_and(|p| !p.is_object()) {
                 return Err(JobError::Invalid(format!(

@@ -1,6 +1,7 @@
 //! A document on the queue: one message per document, JSON (`application/json`, the default)
 //! or protobuf (`application/x-protobuf`, `lote.v1.QueuedDocument`), with the same fields:
-//! `job_id`, `custom_id`, the input (`text`, or `question` and `context`) and optional
+//! `job_id`, `custom_id`, the input (`text` and maybe `text_pair`, `question` and `context`,
+//! or `query` and `documents`) and optional
 //! `params` (JSON) / `params_json` (protobuf). Anything else is a permanent failure: the
 //! message goes to the dead-letter queue.
 
@@ -25,6 +26,12 @@ pub struct DocumentMessage {
     pub question: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub context: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub text_pair: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub query: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub documents: Option<Vec<String>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub params: Option<Map<String, Value>>,
 }
@@ -68,6 +75,9 @@ impl DocumentMessage {
                     text: queued.text,
                     question: queued.question,
                     context: queued.context,
+                    text_pair: queued.text_pair,
+                    query: queued.query,
+                    documents: (!queued.documents.is_empty()).then_some(queued.documents),
                     params,
                 }
             }
@@ -76,8 +86,10 @@ impl DocumentMessage {
         if message.job_id.is_empty() || message.custom_id.is_empty() {
             return Err(WireError::Invalid("job_id and custom_id must not be empty".into()));
         }
-        if message.text.is_none() && message.question.is_none() {
-            return Err(WireError::Invalid("a document needs `text` or `question`".into()));
+        if message.text.is_none() && message.question.is_none() && message.query.is_none() {
+            return Err(WireError::Invalid(
+                "a document needs `text`, `question` or `query`".into(),
+            ));
         }
         Ok(message)
     }
@@ -94,6 +106,9 @@ impl DocumentMessage {
             question: self.question.clone(),
             context: self.context.clone(),
             params_json: self.params.as_ref().map(|p| Value::Object(p.clone()).to_string()),
+            text_pair: self.text_pair.clone(),
+            query: self.query.clone(),
+            documents: self.documents.clone().unwrap_or_default(),
         }
         .encode_to_vec()
     }
@@ -107,18 +122,30 @@ impl DocumentMessage {
             text: field("text"),
             question: field("question"),
             context: field("context"),
+            text_pair: field("text_pair"),
+            query: field("query"),
+            documents: document.input["documents"]
+                .as_array()
+                .map(|items| items.iter().filter_map(|d| d.as_str().map(String::from)).collect()),
             params: document.params.as_ref().and_then(|p| p.as_object().cloned()),
         }
     }
 
-    /// The input fields as stored: `{"text"}` or `{"question", "context"}`.
+    /// The input fields as stored: `{"text"}`, `{"text", "text_pair"}`, `{"question",
+    /// "context"}` or `{"query", "documents"}`.
     pub fn input(&self) -> Value {
-        match (&self.text, &self.question) {
-            (Some(text), _) => json!({ "text": text }),
-            (None, Some(question)) => {
+        match (&self.text, &self.question, &self.query) {
+            (Some(text), ..) => match &self.text_pair {
+                Some(pair) => json!({ "text": text, "text_pair": pair }),
+                None => json!({ "text": text }),
+            },
+            (None, Some(question), _) => {
                 json!({ "question": question, "context": self.context.clone().unwrap_or_default() })
             }
-            (None, None) => json!({}),
+            (None, None, Some(query)) => {
+                json!({ "query": query, "documents": self.documents.clone().unwrap_or_default() })
+            }
+            (None, None, None) => json!({}),
         }
     }
 }
@@ -133,6 +160,9 @@ mod tests {
             custom_id: "a".into(),
             text: Some("Olá, você".into()),
             question: None,
+            text_pair: None,
+            query: None,
+            documents: None,
             context: None,
             params: Some(serde_json::from_str(r#"{"top_k": 2}"#).unwrap()),
         }

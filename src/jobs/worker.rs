@@ -94,18 +94,11 @@ impl EngineExecutor {
     }
 }
 
-/// The task input of stored input fields.
-pub fn task_input(task: Task, input: &Value) -> Result<TaskInput, String> {
-    let field = |name: &str| input[name].as_str().map(String::from);
-    match task {
-        Task::QuestionAnswering => match (field("question"), field("context")) {
-            (Some(question), Some(context)) => Ok(TaskInput::QuestionContext { question, context }),
-            _ => Err("question-answering needs `question` and `context`".into()),
-        },
-        _ => field("text")
-            .map(|text| TaskInput::Text { text })
-            .ok_or_else(|| format!("{task} needs `text`")),
-    }
+/// The task input of stored input fields (checked at submission against `max_documents`; a
+/// worker reading them back passes `usize::MAX`).
+pub fn task_input(task: Task, input: &Value, max_documents: usize) -> Result<TaskInput, String> {
+    let mut fields = input.as_object().cloned().unwrap_or_default();
+    crate::tasks::input_from_fields(task, &mut fields, max_documents)
 }
 
 /// How an engine failure of one document is classed.
@@ -153,7 +146,7 @@ impl Executor for EngineExecutor {
         alone: bool,
     ) -> Result<Value, Failure> {
         let served = self.model(&job.model, job.task).map_err(|e| failure(e, alone))?;
-        let input = task_input(job.task, input).map_err(Failure::Permanent)?;
+        let input = task_input(job.task, input, usize::MAX).map_err(Failure::Permanent)?;
         let mut fields = match served {
             ServedModel::Encoder(service) => {
                 let parsed = service
@@ -356,8 +349,8 @@ mod tests {
             Failure::Permanent("bad params: unknown field `x`".into())
         );
         assert_eq!(
-            task_input(Task::QuestionAnswering, &json!({"text": "x"})),
-            Err("question-answering needs `question` and `context`".into())
+            task_input(Task::QuestionAnswering, &json!({"text": "x"}), 1),
+            Err("missing field `question`".into())
         );
     }
 

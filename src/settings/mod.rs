@@ -212,6 +212,8 @@ named_values! {
         QuestionAnswering = "question-answering",
         FillMask = "fill-mask",
         TextClassification = "text-classification",
+        ZeroShotClassification = "zero-shot-classification",
+        Rerank = "rerank",
         TokenClassification = "token-classification",
         FeatureExtraction = "feature-extraction",
         Summarization = "summarization",

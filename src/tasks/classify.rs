@@ -4,7 +4,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::{TaskError, numpy_f32};
+use super::{TaskError, numpy_f32, text_pairs::TruncationParam};
 
 /// How logits become scores.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -24,15 +24,13 @@ pub struct ClassifyParams {
     /// Default: from the model's problem_type and label count, as transformers chooses.
     #[serde(default)]
     pub function_to_apply: Option<ScoreFunction>,
-    #[serde(default = "yes")]
-    pub truncation: bool,
+    /// `true` (default), `false`, or a strategy; a text pair is cut `only_second` by default.
+    #[serde(default)]
+    pub truncation: TruncationParam,
 }
 
 fn one() -> Option<usize> {
     Some(1)
-}
-fn yes() -> bool {
-    true
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]

@@ -42,7 +42,8 @@ pub fn generation_fields(
 
 /// The result's fields as the output line names them: `answers`, `predictions`, `labels`,
 /// `entities` (keyed `entity` per token, `entity_group` when aggregated, as transformers does),
-/// `embedding`, plus `input_tokens` and `truncated`.
+/// `embedding`, `results` (rerank), `sequence` + `labels` + `scores` (zero-shot, as the
+/// pipeline names them), plus `input_tokens` and `truncated`.
 pub fn result_fields(result: &TaskResult) -> Map<String, Value> {
     let mut out = Map::new();
     let (key, value) = match &result.output {
@@ -50,6 +51,13 @@ pub fn result_fields(result: &TaskResult) -> Map<String, Value> {
         TaskOutput::Predictions(predictions) => ("predictions", json!(predictions)),
         TaskOutput::Labels(labels) => ("labels", json!(labels)),
         TaskOutput::Embedding(embedding) => ("embedding", json!(embedding)),
+        TaskOutput::Ranking(ranked) => ("results", json!(ranked)),
+        TaskOutput::ZeroShot(answer) => {
+            // The pipeline's own fields: sequence, labels, scores.
+            out.insert("sequence".into(), json!(answer.sequence));
+            out.insert("labels".into(), json!(answer.labels));
+            ("scores", json!(answer.scores))
+        }
         TaskOutput::Entities(entities) => (
             "entities",
             Value::Array(

@@ -13,13 +13,13 @@ use tch::{Device, Kind, Tensor};
 
 use super::{
     Embedding, TaskError, TaskInput, TaskOutput, TaskResult, classify, embed, fill_mask,
-    question_answering, token_classification,
+    question_answering, rerank, text_pairs, token_classification, zero_shot,
 };
 use crate::{
     device::Placement,
     models::{EncoderInput, HeadKind, LoadedEncoder, ModelError, load_encoder},
     settings::Task,
-    tokenize::{Encoded, TextTokenizer, TokenizeError},
+    tokenize::{Encoded, TextTokenizer, TokenizeError, Truncation},
 };
 
 use crate::engine::policy::PADDING_TARGET;
@@ -71,6 +71,16 @@ pub enum PipelineError {
     WrongHead { task: Task, needed: &'static str, found: HeadKind, class: String },
     #[error("task `{0}` is not an encoder task")]
     NotEncoderTask(Task),
+    #[error(
+        "task `rerank` needs a cross-encoder with one output (config.json `num_labels` 1); this \
+         one has {0} labels"
+    )]
+    NotACrossEncoder(usize),
+    #[error(
+        "task `zero-shot-classification` needs an NLI model with an entailment label (a \
+         config.json `id2label` name starting with \"entail\"); this one has {0:?}"
+    )]
+    NoEntailmentLabel(Vec<String>),
 }
 
 /// A task's parameters, parsed and checked.
@@ -81,6 +91,8 @@ pub enum TaskParams {
     TextClassification(classify::ClassifyParams),
     TokenClassification(token_classification::NerParams),
     FeatureExtraction(embed::EmbedParams),
+    Rerank(rerank::RerankParams),
+    ZeroShot(zero_shot::ZeroShotParams),
 }
 
 /// Tokens the model saw: real ones and all computed (padding included).
@@ -120,6 +132,8 @@ pub struct EncoderPipeline {
     /// tokenizer side can be shared between threads: the model is only used by one at a time.
     model: Mutex<Option<EncoderModel>>,
     labels: Vec<String>,
+    /// The entailment label's id (zero-shot classification).
+    entailment: Option<usize>,
     problem_type: Option<String>,
     pooling: embed::PoolingConfig,
     pub budget: BatchBudget,
@@ -172,9 +186,15 @@ impl PreparedCall {
         self.prepared.iter().enumerate().filter_map(|(i, p)| p.as_ref().err().map(|e| (i, e)))
     }
 
-    /// Each input's untruncated token count (0 for inputs that failed).
+    /// Each input's untruncated token count (0 for inputs that failed), as the per-input
+    /// limit reads it: of a pair task's input, its longest pair.
     pub fn input_tokens(&self) -> Vec<usize> {
-        self.prepared.iter().map(|p| p.as_ref().map_or(0, |p| p.rows()[0].input_tokens)).collect()
+        self.prepared.iter().map(|p| p.as_ref().map_or(0, Prepared::longest_row_tokens)).collect()
+    }
+
+    /// Tokens of the whole call, every pair of a pair task counted.
+    pub fn usage_tokens(&self) -> usize {
+        self.prepared.iter().flatten().map(Prepared::all_rows_tokens).sum()
     }
 }
 
@@ -183,6 +203,8 @@ enum Prepared {
     Qa(question_answering::Prepared),
     FillMask(fill_mask::Prepared),
     Single(Encoded),
+    /// One pair a row: (query, document) for rerank, (sequence, hypothesis) for zero-shot.
+    Pairs(Vec<Encoded>),
 }
 
 impl Prepared {
@@ -191,6 +213,21 @@ impl Prepared {
             Prepared::Qa(p) => p.windows.iter().collect(),
             Prepared::FillMask(p) => vec![&p.encoded],
             Prepared::Single(e) => vec![e],
+            Prepared::Pairs(pairs) => pairs.iter().collect(),
+        }
+    }
+
+    fn longest_row_tokens(&self) -> usize {
+        match self {
+            Prepared::Pairs(pairs) => pairs.iter().map(|e| e.input_tokens).max().unwrap_or(0),
+            _ => self.rows()[0].input_tokens,
+        }
+    }
+
+    fn all_rows_tokens(&self) -> usize {
+        match self {
+            Prepared::Pairs(pairs) => pairs.iter().map(|e| e.input_tokens).sum(),
+            _ => self.rows()[0].input_tokens,
         }
     }
 }
@@ -247,7 +284,7 @@ impl EncoderPipeline {
         let needed = match task {
             Task::QuestionAnswering => Some((HeadKind::QuestionAnswering, "*ForQuestionAnswering")),
             Task::FillMask => Some((HeadKind::MaskedLm, "*ForMaskedLM")),
-            Task::TextClassification => {
+            Task::TextClassification | Task::Rerank | Task::ZeroShotClassification => {
                 Some((HeadKind::SequenceClassification, "*ForSequenceClassification"))
             }
             Task::TokenClassification => {
@@ -264,6 +301,16 @@ impl EncoderPipeline {
             let class = encoder.config.architectures.first().cloned().unwrap_or_default();
             return Err(PipelineError::WrongHead { task, needed: name, found: head, class });
         }
+        let entailment = zero_shot::entailment_id(&encoder.labels);
+        match task {
+            Task::Rerank if encoder.labels.len() != 1 => {
+                return Err(PipelineError::NotACrossEncoder(encoder.labels.len()));
+            }
+            Task::ZeroShotClassification if entailment.is_none() => {
+                return Err(PipelineError::NoEntailmentLabel(encoder.labels.clone()));
+            }
+            _ => {}
+        }
         let name = dir
             .canonicalize()
             .ok()
@@ -275,6 +322,7 @@ impl EncoderPipeline {
             task,
             identity: ModelIdentity { name, sha256: encoder.sha256.clone() },
             labels: encoder.labels.clone(),
+            entailment,
             problem_type: encoder.config.problem_type.clone(),
             model: Mutex::new(Some(EncoderModel {
                 encoder,
@@ -315,6 +363,10 @@ impl EncoderPipeline {
             }
             Task::FeatureExtraction => {
                 TaskParams::FeatureExtraction(serde_json::from_value(params).map_err(invalid)?)
+            }
+            Task::Rerank => TaskParams::Rerank(serde_json::from_value(params).map_err(invalid)?),
+            Task::ZeroShotClassification => {
+                TaskParams::ZeroShot(serde_json::from_value(params).map_err(invalid)?)
             }
             Task::Summarization | Task::TextGeneration => {
                 return Err(TaskError::Unsupported(format!("task {}", self.task)));
@@ -420,17 +472,20 @@ impl EncoderPipeline {
                 TaskParams::QuestionAnswering(p),
                 TaskInput::QuestionContext { question, context },
             ) => Ok(Prepared::Qa(question_answering::prepare(tokenizer, question, context, p)?)),
-            (TaskParams::QuestionAnswering(_), TaskInput::Text { .. }) => {
-                Err(TaskError::Invalid("question-answering needs `question` and `context`".into()))
-            }
-            (_, TaskInput::QuestionContext { .. }) => {
-                Err(TaskError::Invalid(format!("{} needs `text`", self.task)))
-            }
             (TaskParams::FillMask(p), TaskInput::Text { text }) => {
                 Ok(Prepared::FillMask(fill_mask::prepare(tokenizer, text, p)?))
             }
             (TaskParams::TextClassification(p), TaskInput::Text { text }) => {
-                Ok(Prepared::Single(tokenizer.encode(text, p.truncation)?))
+                text_pairs::non_empty("text", text)?;
+                Ok(Prepared::Single(tokenizer.encode(text, p.truncation.single())?))
+            }
+            (TaskParams::TextClassification(p), TaskInput::TextPair { text, text_pair }) => {
+                Ok(Prepared::Single(text_pairs::encode_pair(
+                    tokenizer,
+                    ("text", text),
+                    ("text_pair", text_pair),
+                    p.truncation.pair(Truncation::OnlySecond),
+                )?))
             }
             (TaskParams::TokenClassification(p), TaskInput::Text { text }) => {
                 Ok(Prepared::Single(token_classification::prepare(tokenizer, text, p)?))
@@ -438,6 +493,44 @@ impl EncoderPipeline {
             (TaskParams::FeatureExtraction(p), TaskInput::Text { text }) => {
                 Ok(Prepared::Single(tokenizer.encode(text, p.truncate)?))
             }
+            (TaskParams::Rerank(p), TaskInput::Query { query, documents }) => {
+                if documents.is_empty() {
+                    return Err(TaskError::Invalid("`documents` is empty".into()));
+                }
+                let truncation = p.truncation.pair(Truncation::OnlySecond);
+                let pairs = documents
+                    .iter()
+                    .enumerate()
+                    .map(|(i, document)| {
+                        let field = format!("documents[{i}]");
+                        text_pairs::encode_pair(
+                            tokenizer,
+                            ("query", query),
+                            (&field, document),
+                            truncation,
+                        )
+                        .map_err(|e| named(&field, e))
+                    })
+                    .collect::<Result<_, _>>()?;
+                Ok(Prepared::Pairs(pairs))
+            }
+            (TaskParams::ZeroShot(p), TaskInput::Text { text }) => {
+                let labels = p.labels()?;
+                let pairs = p
+                    .hypotheses(&labels)?
+                    .iter()
+                    .map(|hypothesis| {
+                        text_pairs::encode_pair(
+                            tokenizer,
+                            ("text", text),
+                            ("hypothesis_template", hypothesis),
+                            Truncation::OnlyFirst,
+                        )
+                    })
+                    .collect::<Result<_, _>>()?;
+                Ok(Prepared::Pairs(pairs))
+            }
+            (_, input) => Err(TaskError::Invalid(wrong_input(self.task, input))),
         }
     }
 
@@ -452,7 +545,9 @@ impl EncoderPipeline {
             (Task::FillMask, _, Ok(Prepared::FillMask(p))) => {
                 Extract::MaskProbabilities(p.mask_positions.iter().map(|&i| i as i64).collect())
             }
-            (Task::TextClassification, _, _) => Extract::Sequence,
+            (Task::TextClassification | Task::Rerank | Task::ZeroShotClassification, _, _) => {
+                Extract::Sequence
+            }
             (Task::FeatureExtraction, TaskParams::FeatureExtraction(params), _) => {
                 Extract::Pooled(self.pooling.with_params(params))
             }
@@ -469,8 +564,8 @@ impl EncoderPipeline {
         rows: Vec<RowOutput>,
     ) -> Result<TaskResult, TaskError> {
         let tokenizer = &self.tokenizer;
-        let first = &prepared.rows()[0];
-        let (input_tokens, truncated) = (first.input_tokens, first.truncated);
+        let input_tokens = prepared.all_rows_tokens();
+        let truncated = prepared.rows().iter().any(|row| row.truncated);
         let output = match (params, prepared, input) {
             (
                 TaskParams::QuestionAnswering(p),
@@ -512,6 +607,22 @@ impl EncoderPipeline {
                 &self.labels,
                 p,
             )?),
+            (TaskParams::Rerank(p), _, TaskInput::Query { documents, .. }) => {
+                let logits: Vec<f32> = rows.iter().map(|row| row.values[0]).collect();
+                TaskOutput::Ranking(rerank::finish(documents, &logits, p)?)
+            }
+            (TaskParams::ZeroShot(p), _, TaskInput::Text { text }) => {
+                let logits: Vec<&[f32]> = rows.iter().map(|row| row.values.as_slice()).collect();
+                let entailment = self.entailment.expect("checked at load");
+                let labels = p.labels()?;
+                TaskOutput::ZeroShot(zero_shot::finish(
+                    text,
+                    &labels,
+                    &logits,
+                    entailment,
+                    p.multi_label,
+                ))
+            }
             (TaskParams::FeatureExtraction(p), _, _) => {
                 let pooled = self.pooling.with_params(p).pools();
                 TaskOutput::Embedding(if pooled {
@@ -523,6 +634,31 @@ impl EncoderPipeline {
             _ => unreachable!("prepare matched params to input"),
         };
         Ok(TaskResult { output, input_tokens, truncated })
+    }
+}
+
+/// Names the document a pair error came from (an empty one names itself already).
+fn named(field: &str, error: TaskError) -> TaskError {
+    match error {
+        TaskError::Invalid(message) if message.contains(field) => TaskError::Invalid(message),
+        other => TaskError::Invalid(format!("{field}: {other}")),
+    }
+}
+
+/// Why an input of the wrong shape cannot be answered by `task`, naming the fields it takes.
+fn wrong_input(task: Task, input: &TaskInput) -> String {
+    let takes = match task {
+        Task::QuestionAnswering => "`question` and `context`",
+        Task::TextClassification => "`text`, or `text` and `text_pair`",
+        Task::Rerank => "`query` and `documents`",
+        _ => "`text`",
+    };
+    match input {
+        TaskInput::TextPair { .. } => format!(
+            "`text_pair`: {task} takes {takes}; only text-classification (a pair classifier such \
+             as a cross-encoder or an NLI model) takes text pairs"
+        ),
+        _ => format!("{task} needs {takes}"),
     }
 }
 

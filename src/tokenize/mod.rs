@@ -77,8 +77,21 @@ impl Encoded {
     }
 }
 
-/// Truncation settings a call asked for: (max_length, stride, only the second sequence).
-type TruncationKey = (usize, usize, bool);
+/// Truncation settings a call asked for: (max_length, stride, strategy).
+type TruncationKey = (usize, usize, Truncation);
+
+/// How a pair of texts is cut to the model's length, as transformers names the strategies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Truncation {
+    /// Not at all: a longer input is an error.
+    #[serde(rename = "do_not_truncate")]
+    None,
+    /// A token at a time from whichever text is longer.
+    LongestFirst,
+    OnlyFirst,
+    OnlySecond,
+}
 
 /// A model's tokenizer and the facts about it the tasks need.
 #[derive(Clone)]
@@ -158,12 +171,30 @@ impl TextTokenizer {
         self.encode_input(EncodeInput::Single(text.into()), truncate)
     }
 
-    /// Encodes a pair of texts (`[CLS] a [SEP] b [SEP]`), truncating the longest first.
-    pub fn encode_pair(&self, a: &str, b: &str, truncate: bool) -> Result<Encoded, TokenizeError> {
-        if a.trim().is_empty() || b.trim().is_empty() {
-            return Err(TokenizeError::Empty);
+    /// Encodes a pair of texts as the model's tokenizer pairs them (BERT `[CLS] a [SEP] b [SEP]`
+    /// with token types, RoBERTa `<s> a </s></s> b </s>`). Longer than `max_length`: cut as
+    /// `truncation` says, else [`TokenizeError::TooLong`].
+    pub fn encode_pair(
+        &self,
+        a: &str,
+        b: &str,
+        truncation: Truncation,
+    ) -> Result<Encoded, TokenizeError> {
+        let full = self
+            .inner
+            .encode_char_offsets((a, b), true)
+            .map_err(|e| TokenizeError::Failed(e.to_string()))?;
+        let tokens = full.len();
+        if tokens <= self.max_length {
+            return Ok(Encoded::from_encoding(&full, tokens));
         }
-        self.encode_input(EncodeInput::Dual(a.into(), b.into()), truncate)
+        if truncation == Truncation::None {
+            return Err(TokenizeError::TooLong { tokens, limit: self.max_length });
+        }
+        let cut = self.with_truncation((self.max_length, 0, truncation), |tokenizer| {
+            tokenizer.encode_char_offsets((a, b), true)
+        })?;
+        Ok(Encoded::from_encoding(&cut, tokens))
     }
 
     fn encode_input(
@@ -182,9 +213,10 @@ impl TextTokenizer {
         if !truncate {
             return Err(TokenizeError::TooLong { tokens, limit: self.max_length });
         }
-        let cut = self.with_truncation((self.max_length, 0, false), |tokenizer| {
-            tokenizer.encode_char_offsets(input, true)
-        })?;
+        let cut = self
+            .with_truncation((self.max_length, 0, Truncation::LongestFirst), |tokenizer| {
+                tokenizer.encode_char_offsets(input, true)
+            })?;
         Ok(Encoded::from_encoding(&cut, tokens))
     }
 
@@ -206,9 +238,10 @@ impl TextTokenizer {
             .encode_char_offsets((question, context), true)
             .map_err(|e| TokenizeError::Failed(e.to_string()))?
             .len();
-        let mut main = self.with_truncation((max_length, stride, true), |tokenizer| {
-            tokenizer.encode_char_offsets((question, context), true)
-        })?;
+        let mut main = self
+            .with_truncation((max_length, stride, Truncation::OnlySecond), |tokenizer| {
+                tokenizer.encode_char_offsets((question, context), true)
+            })?;
         let overflowing = main.take_overflowing();
         let windows = 1 + overflowing.len();
         let mut out = Vec::with_capacity(windows);
@@ -238,17 +271,20 @@ impl TextTokenizer {
             match copies.entry(key) {
                 std::collections::hash_map::Entry::Occupied(copy) => copy.get().clone(),
                 std::collections::hash_map::Entry::Vacant(slot) => {
-                    let (max_length, stride, only_second) = key;
+                    let (max_length, stride, truncation) = key;
+                    let strategy = match truncation {
+                        Truncation::OnlyFirst => TruncationStrategy::OnlyFirst,
+                        Truncation::OnlySecond => TruncationStrategy::OnlySecond,
+                        Truncation::LongestFirst | Truncation::None => {
+                            TruncationStrategy::LongestFirst
+                        }
+                    };
                     let mut tokenizer = Tokenizer::clone(&self.inner);
                     tokenizer
                         .with_truncation(Some(TruncationParams {
                             direction: TruncationDirection::Right,
                             max_length,
-                            strategy: if only_second {
-                                TruncationStrategy::OnlySecond
-                            } else {
-                                TruncationStrategy::LongestFirst
-                            },
+                            strategy,
                             stride,
                         }))
                         .map_err(|e| failed(&e))?;

@@ -74,6 +74,9 @@ async fn a_rolling_restart_under_a_running_job_loses_and_repeats_nothing() {
                     custom_id: format!("doc-{i}"),
                     text: Some(phrase(i)),
                     question: None,
+                    text_pair: None,
+                    query: None,
+                    documents: None,
                     context: None,
                     params: None,
                 }

@@ -149,6 +149,9 @@ async fn another_service_publishes_documents_straight_to_the_queue() {
         custom_id: custom_id.into(),
         text: Some(text.into()),
         question: None,
+        text_pair: None,
+        query: None,
+        documents: None,
         context: None,
         params: None,
     };
