@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use super::{batcher::BatchError, cpu_pool::PoolStopped};
+use super::{batcher::BatchError, cpu_pool::PoolError};
 use crate::tasks::TaskError;
 
 /// A call's answers, one per input, and what they cost.
@@ -67,9 +67,12 @@ impl EngineError {
     }
 }
 
-impl From<PoolStopped> for EngineError {
-    fn from(error: PoolStopped) -> Self {
-        Self::Unavailable(error.to_string())
+impl From<PoolError> for EngineError {
+    fn from(error: PoolError) -> Self {
+        match error {
+            PoolError::Stopped => Self::Unavailable(error.to_string()),
+            PoolError::Panicked => Self::Model(error.to_string()),
+        }
     }
 }
 

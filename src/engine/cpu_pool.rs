@@ -2,8 +2,13 @@
 //! the batcher sees them, and turning the model's numbers into answers after. It keeps that work
 //! off the async runtime (a long document must not stall other calls' I/O) and off the model
 //! threads (which only run batches), as text-embeddings-inference does with its tokenizer pool.
+//! A job that panics (a tokenizer library asserting on an input it does not take) fails its own
+//! call, is logged once, and leaves its thread serving the others.
 
-use std::sync::{Arc, Mutex, mpsc};
+use std::{
+    panic::{AssertUnwindSafe, catch_unwind},
+    sync::{Arc, Mutex, mpsc},
+};
 
 use tokio::sync::oneshot;
 
@@ -16,8 +21,13 @@ pub struct CpuPool {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("the tokenizer pool stopped")]
-pub struct PoolStopped;
+pub enum PoolError {
+    #[error("the tokenizer pool stopped")]
+    Stopped,
+    /// The message stays in the log: callers get no library internals.
+    #[error("tokenizing or post-processing this call failed unexpectedly (the worker logged why)")]
+    Panicked,
+}
 
 impl CpuPool {
     /// Starts `threads` workers (at least one).
@@ -52,13 +62,22 @@ impl CpuPool {
     pub async fn run<R: Send + 'static>(
         &self,
         work: impl FnOnce() -> R + Send + 'static,
-    ) -> Result<R, PoolStopped> {
+    ) -> Result<R, PoolError> {
         let (done, result) = oneshot::channel();
         let job: Job = Box::new(move || {
-            let _ = done.send(work());
+            let outcome = catch_unwind(AssertUnwindSafe(work)).map_err(|panic| {
+                let message = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_default();
+                tracing::error!(%message, "a tokenizer pool job panicked; its call fails");
+                PoolError::Panicked
+            });
+            let _ = done.send(outcome);
         });
-        self.jobs.send(job).map_err(|_| PoolStopped)?;
-        result.await.map_err(|_| PoolStopped)
+        self.jobs.send(job).map_err(|_| PoolError::Stopped)?;
+        result.await.map_err(|_| PoolError::Stopped)?
     }
 }
 
@@ -76,6 +95,14 @@ mod tests {
         assert_ne!(thread, caller);
         let name = pool.run(|| std::thread::current().name().map(String::from)).await.unwrap();
         assert!(name.unwrap().starts_with("lote-tokenize-"));
+    }
+
+    #[tokio::test]
+    async fn a_job_that_panics_fails_alone_and_the_thread_goes_on() {
+        let pool = CpuPool::new(1);
+        let failed = pool.run(|| -> u32 { panic!("an assertion in a library") }).await;
+        assert_eq!(failed, Err(PoolError::Panicked));
+        assert_eq!(pool.run(|| 7).await, Ok(7), "the one thread still serves");
     }
 
     #[tokio::test]

@@ -458,6 +458,7 @@ impl pb::inference_server::Inference for InferenceService {
                 params.insert("ignore_labels".into(), json!(r.ignore_labels));
             }
             put(&mut params, "truncation", r.truncation);
+            put(&mut params, "stride", r.stride);
             let task = Task::TokenClassification;
             let (results, metadata) =
                 self.run_encoder(&r.model, task, texts(r.inputs), params, deadline).await?;

@@ -205,6 +205,8 @@ enum Prepared {
     Single(Encoded),
     /// One pair a row: (query, document) for rerank, (sequence, hypothesis) for zero-shot.
     Pairs(Vec<Encoded>),
+    /// A text's windows (token classification with a stride; one without).
+    Windows(Vec<Encoded>),
 }
 
 impl Prepared {
@@ -213,7 +215,7 @@ impl Prepared {
             Prepared::Qa(p) => p.windows.iter().collect(),
             Prepared::FillMask(p) => vec![&p.encoded],
             Prepared::Single(e) => vec![e],
-            Prepared::Pairs(pairs) => pairs.iter().collect(),
+            Prepared::Pairs(rows) | Prepared::Windows(rows) => rows.iter().collect(),
         }
     }
 
@@ -488,7 +490,7 @@ impl EncoderPipeline {
                 )?))
             }
             (TaskParams::TokenClassification(p), TaskInput::Text { text }) => {
-                Ok(Prepared::Single(token_classification::prepare(tokenizer, text, p)?))
+                Ok(Prepared::Windows(token_classification::prepare(tokenizer, text, p)?))
             }
             (TaskParams::FeatureExtraction(p), TaskInput::Text { text }) => {
                 Ok(Prepared::Single(tokenizer.encode(text, p.truncate)?))
@@ -597,13 +599,13 @@ impl EncoderPipeline {
             }
             (
                 TaskParams::TokenClassification(p),
-                Prepared::Single(encoded),
+                Prepared::Windows(windows),
                 TaskInput::Text { text },
             ) => TaskOutput::Entities(token_classification::finish(
                 tokenizer,
                 text,
-                encoded,
-                rows[0].matrix(),
+                windows,
+                rows.iter().map(RowOutput::matrix).collect(),
                 &self.labels,
                 p,
             )?),

@@ -13,8 +13,8 @@ use std::{
 };
 
 use tokenizers::{
-    EncodeInput, Encoding, ModelWrapper, Tokenizer, TruncationDirection, TruncationParams,
-    TruncationStrategy,
+    EncodeInput, Encoding, ModelWrapper, PostProcessor, Tokenizer, TruncationDirection,
+    TruncationParams, TruncationStrategy,
 };
 
 pub mod slow;
@@ -258,6 +258,34 @@ impl TextTokenizer {
             .collect())
     }
 
+    /// Encodes `text` into windows of at most `max_length` tokens that overlap by `stride`
+    /// tokens, as transformers' `return_overflowing_tokens=True, stride=...` gives them (token
+    /// classification over a text longer than the model).
+    pub fn encode_windows(&self, text: &str, stride: usize) -> Result<Vec<Encoded>, TokenizeError> {
+        if text.trim().is_empty() {
+            return Err(TokenizeError::Empty);
+        }
+        let total = self
+            .inner
+            .encode_char_offsets(text, true)
+            .map_err(|e| TokenizeError::Failed(e.to_string()))?
+            .len();
+        let mut main = self
+            .with_truncation((self.max_length, stride, Truncation::LongestFirst), |tokenizer| {
+                tokenizer.encode_char_offsets(text, true)
+            })?;
+        let overflowing = main.take_overflowing();
+        let windows = std::iter::once(main).chain(overflowing);
+        // Together the windows hold the whole text: nothing is cut.
+        Ok(windows
+            .map(|window| Encoded::from_encoding(&window, window.len()))
+            .map(|mut e| {
+                e.input_tokens = total;
+                e
+            })
+            .collect())
+    }
+
     /// Runs `encode` on a copy of the tokenizer that truncates as `key` says.
     fn with_truncation(
         &self,
@@ -294,6 +322,11 @@ impl TextTokenizer {
         };
         // The lock is released: encodings on other threads do not wait for this one.
         encode(&tokenizer).map_err(|e| failed(&e))
+    }
+
+    /// Special tokens the tokenizer adds around one text (`[CLS]` and `[SEP]`: 2).
+    pub fn special_tokens_added(&self) -> usize {
+        self.inner.get_post_processor().map_or(0, |p| p.added_tokens(false))
     }
 
     pub fn decode(&self, ids: &[u32], skip_special_tokens: bool) -> Result<String, TokenizeError> {

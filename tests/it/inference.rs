@@ -457,6 +457,26 @@ async fn models_report_their_state_and_every_task_answers() {
         .unwrap()
         .into_inner();
     assert!(!entities.results[0].entities.is_empty());
+    let long = "João mora em São Paulo. ".repeat(18);
+    let request = |stride: u32| pb::ClassifyTokensRequest {
+        model: "ner".into(),
+        inputs: vec![long.clone()],
+        aggregation_strategy: Some("first".into()),
+        ignore_none: true,
+        stride: Some(stride),
+        ..Default::default()
+    };
+    let windows = client.classify_tokens(request(32)).await.unwrap().into_inner();
+    let last = windows.results[0].entities.iter().map(|e| e.end).max().unwrap();
+    assert_eq!(last as usize, long.trim_end().chars().count(), "the windows read the whole text");
+    assert!(!windows.results[0].truncated);
+    let (code, message) = failure(client.classify_tokens(request(128)).await);
+    assert_eq!(code, Code::InvalidArgument);
+    assert_eq!(
+        message,
+        "inputs[0]: `stride` 128 must be less than the model's length (128 tokens, special tokens \
+         included)"
+    );
     let masks = client
         .fill_mask(pb::FillMaskRequest {
             model: "mlm".into(),

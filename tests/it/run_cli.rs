@@ -87,8 +87,8 @@ fn each_bad_line_gets_its_own_error_and_the_rest_are_answered() {
     assert!(by_line[0].1.is_null());
     // As transformers labels this text (tests/fixtures reference for bert-cls).
     assert_eq!(out[0]["labels"][0]["label"], "positivo");
-    assert_eq!(by_line[1].1, "input is empty");
-    assert_eq!(by_line[2].1, "input is empty");
+    assert_eq!(by_line[1].1, "`text` is empty");
+    assert_eq!(by_line[2].1, "`text` is empty");
     assert!(by_line[3].1.as_str().unwrap().starts_with("invalid JSON: "), "{:?}", by_line[3]);
     assert_eq!(by_line[4].1, "missing field `text`");
     let too_long = by_line[5].1.as_str().unwrap();
@@ -228,5 +228,52 @@ fn unsupported_and_unsafe_model_directories_are_clear_errors() {
     assert!(
         stderr.contains("tensor `bert.encoder.layer.0.intermediate.dense.weight` has shape [37, 32], expected [64, 32]"),
         "{stderr}"
+    );
+}
+
+#[test]
+fn token_classification_reads_a_long_text_in_windows_and_bad_strides_are_refused() {
+    let long =
+        "A Maria mora em São Paulo e trabalha na empresa Ação Digital desde 2019. ".repeat(12);
+    let line =
+        |params: &str| format!(r#"{{"text": {}, "params": {params}}}"#, Value::from(long.as_str()));
+    let lines = [
+        line(r#"{"aggregation_strategy": "simple", "stride": 16}"#),
+        line(r#"{"aggregation_strategy": "none", "stride": 16}"#),
+        line(r#"{"aggregation_strategy": "simple", "stride": 128}"#),
+        line(r#"{"aggregation_strategy": "simple", "stride": 126}"#),
+        line(r#"{"aggregation_strategy": "simple"}"#),
+    ];
+    let lines: Vec<&str> = lines.iter().map(String::as_str).collect();
+    let (code, out, stderr) =
+        run("bert-ner", "token-classification", &lines, &["ignore_labels=[]"]);
+    assert_eq!(code, 1, "{stderr}");
+    // Windows cover the whole text: entities reach its end; truncation stops at 128 tokens.
+    let last_end = |entities: &Value| {
+        entities
+            .as_array()
+            .unwrap_or_else(|| panic!("{entities}"))
+            .iter()
+            .map(|e| e["end"].as_u64().unwrap())
+            .max()
+            .unwrap()
+    };
+    assert_eq!(last_end(&out[0]["entities"]) as usize, long.trim_end().chars().count());
+    assert_eq!(out[0]["truncated"], false);
+    assert!(last_end(&out[4]["entities"]) < last_end(&out[0]["entities"]) / 2);
+    assert_eq!(out[4]["truncated"], true);
+    assert_eq!(
+        out[1]["error"],
+        "`stride` needs an `aggregation_strategy` other than \"none\" (simple, first, average or \
+         max), to merge the windows' entities"
+    );
+    assert_eq!(
+        out[2]["error"],
+        "`stride` 128 must be less than the model's length (128 tokens, special tokens included)"
+    );
+    assert_eq!(
+        out[3]["error"],
+        "`stride` 126 leaves no room in a window: the model reads 128 tokens, 126 of them text; \
+         give a stride below 126"
     );
 }
