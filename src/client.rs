@@ -99,7 +99,12 @@ pub async fn infer(args: &InferArgs) -> Result<(), ClientError> {
             unary!(answer_question, pb::AnswerQuestionRequest, "AnswerQuestionRequest")
         }
         ("fill-mask", _) => unary!(fill_mask, pb::FillMaskRequest, "FillMaskRequest"),
+        ("rerank", _) => unary!(rerank, pb::RerankRequest, "RerankRequest"),
+        ("zero-shot-classification", _) => {
+            unary!(classify_zero_shot, pb::ClassifyZeroShotRequest, "ClassifyZeroShotRequest")
+        }
         ("summarization", _) => unary!(summarize, pb::SummarizeRequest, "SummarizeRequest"),
+        ("translation", _) => unary!(translate, pb::TranslateRequest, "TranslateRequest"),
         ("text-generation", _) => unary!(generate, pb::GenerateRequest, "GenerateRequest"),
         ("tokenize", _) => unary!(tokenize, pb::TokenizeRequest, "TokenizeRequest"),
         (other, _) => return Err(ClientError::Usage(format!("unknown task `{other}`"))),

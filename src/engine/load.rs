@@ -40,7 +40,7 @@ pub fn load(
 ) -> Result<Loaded, ModelLoadError> {
     let path = settings.path.clone();
     match settings.task {
-        Task::Summarization | Task::TextGeneration => {
+        Task::Summarization | Task::Translation | Task::TextGeneration => {
             GenerationPipeline::load(&settings.path, settings.task, placement)
                 .map(|p| Loaded::Generation(Box::new(p)))
                 .map_err(|source| ModelLoadError::Generator { path, source })

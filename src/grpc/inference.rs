@@ -244,6 +244,8 @@ fn generation_params(p: pb::GenerationParameters) -> Map<String, Value> {
     put(&mut m, "long_document", p.long_document);
     put(&mut m, "chunk_tokens", p.chunk_tokens);
     put(&mut m, "chunk_overlap", p.chunk_overlap);
+    put(&mut m, "src_lang", p.src_lang);
+    put(&mut m, "tgt_lang", p.tgt_lang);
     m
 }
 
@@ -588,6 +590,18 @@ impl pb::inference_server::Inference for InferenceService {
         let (metadata_map, _, r) = request.into_parts();
         self.call("Summarize", &metadata_map, |deadline| async move {
             self.run_generation(&r.model, Task::Summarization, r.inputs, r.parameters, deadline)
+                .await
+        })
+        .await
+    }
+
+    async fn translate(
+        &self,
+        request: Request<pb::TranslateRequest>,
+    ) -> Result<Response<pb::GenerateResponse>, Status> {
+        let (metadata_map, _, r) = request.into_parts();
+        self.call("Translate", &metadata_map, |deadline| async move {
+            self.run_generation(&r.model, Task::Translation, r.inputs, r.parameters, deadline)
                 .await
         })
         .await

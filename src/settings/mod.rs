@@ -217,6 +217,7 @@ named_values! {
         TokenClassification = "token-classification",
         FeatureExtraction = "feature-extraction",
         Summarization = "summarization",
+        Translation = "translation",
         TextGeneration = "text-generation",
     }
 }

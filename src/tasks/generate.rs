@@ -1,6 +1,7 @@
-//! `summarization` and `text-generation`, as transformers' pipelines of those names drive
-//! `generate` (4.57): the model's generation defaults, then `task_specific_params` (with T5's
-//! "summarize: " prefix), then the call's parameters; outputs decoded without special tokens.
+//! `summarization`, `translation` and `text-generation`, as transformers' pipelines of those
+//! names drive `generate` (4.57): the model's generation defaults, then `task_specific_params`
+//! (with T5's "summarize: " prefix, or the translation direction's, see [`super::translation`]),
+//! then the call's parameters; outputs decoded without special tokens.
 //! Long documents are truncated by default or, with `long_document=chunked`, summarized in
 //! overlapping chunks whose summaries are summarized again.
 
@@ -9,7 +10,11 @@ use std::{path::Path, sync::Arc};
 use serde::Serialize;
 use serde_json::{Map, Value};
 
-use super::{TaskError, TaskInput, pipeline::ModelIdentity};
+use super::{
+    TaskError, TaskInput,
+    pipeline::ModelIdentity,
+    translation::{Resolved, TranslationLoadError, Translator},
+};
 use crate::{
     device::Placement,
     engine::scheduler::StopFn,
@@ -23,8 +28,16 @@ use crate::{
 };
 
 /// Parameters `lote run` accepts besides transformers' generation settings.
-const OWN_PARAMS: &[&str] =
-    &["stop", "return_full_text", "truncation", "long_document", "chunk_tokens", "chunk_overlap"];
+const OWN_PARAMS: &[&str] = &[
+    "stop",
+    "return_full_text",
+    "truncation",
+    "long_document",
+    "chunk_tokens",
+    "chunk_overlap",
+    "src_lang",
+    "tgt_lang",
+];
 
 /// transformers' generation settings a call may set.
 const GENERATE_PARAMS: &[&str] = &[
@@ -66,6 +79,8 @@ pub struct GenerationParams {
     pub return_full_text: bool,
     pub truncation: bool,
     pub long_document: LongDocument,
+    /// The call's translation direction (translation only).
+    pub translation: Option<Resolved>,
 }
 
 /// Why a sequence ended.
@@ -103,6 +118,8 @@ pub struct GenerationPipeline {
     /// The model's defaults with the task's settings applied.
     defaults: GenerateConfig,
     prefix: String,
+    /// How the model is told what to translate (translation only).
+    translator: Option<Translator>,
     /// Positions the model can attend to (its context length).
     pub max_positions: usize,
     pub encoder_decoder: bool,
@@ -133,6 +150,8 @@ pub enum GenerationLoadError {
     NotGenerationTask(Task),
     #[error("task `{task}` needs {needed}; this is a `{model_type}` model")]
     WrongModel { task: Task, needed: &'static str, model_type: String },
+    #[error(transparent)]
+    Translation(#[from] TranslationLoadError),
 }
 
 impl GenerationPipeline {
@@ -148,6 +167,9 @@ impl GenerationPipeline {
             Task::Summarization => {
                 ("summarization", encoder_decoder, "an encoder-decoder model (BART, mBART, T5)")
             }
+            Task::Translation => {
+                ("translation", encoder_decoder, "an encoder-decoder model (T5, mBART)")
+            }
             Task::TextGeneration => {
                 ("text-generation", !encoder_decoder, "a decoder-only model (GPT-2)")
             }
@@ -160,6 +182,9 @@ impl GenerationPipeline {
         let mut defaults = generator.generation.clone();
         defaults.apply(&task_overrides).map_err(|e| ModelError::Config(e.to_string()))?;
         let tokenizer = TextTokenizer::load(dir, Some(generator.max_positions))?;
+        let translator = (task == Task::Translation)
+            .then(|| Translator::load(dir, &generator.config, &tokenizer))
+            .transpose()?;
         let name = dir
             .canonicalize()
             .ok()
@@ -171,6 +196,7 @@ impl GenerationPipeline {
             tokenizer,
             defaults,
             prefix: prefix.unwrap_or_default(),
+            translator,
             max_positions: generator.max_positions,
             encoder_decoder,
             generator: std::sync::Mutex::new(Some(generator)),
@@ -225,7 +251,8 @@ impl GenerationPipeline {
                 }
             };
         let return_full_text = flag(&mut map, "return_full_text", true)?;
-        let truncation = flag(&mut map, "truncation", self.task == Task::Summarization)?;
+        let truncation = flag(&mut map, "truncation", self.task != Task::TextGeneration)?;
+        let translation = self.translation_of(&mut map)?;
         let count =
             |map: &mut Map<String, Value>, key: &str, default: usize| -> Result<usize, TaskError> {
                 match map.remove(key) {
@@ -258,9 +285,45 @@ impl GenerationPipeline {
         let overrides: GenerateOverrides = serde_json::from_value(Value::Object(map))
             .map_err(|e| invalid(format!("bad params: {e}")))?;
         let mut generate = self.defaults.clone();
+        if let Some(direction) = translation.as_ref().and_then(|t| t.overrides.as_ref()) {
+            generate.apply(direction).map_err(|e| invalid(e.to_string()))?;
+        }
         generate.apply(&overrides).map_err(|e| invalid(e.to_string()))?;
+        if let Some(code) = translation.as_ref().and_then(|t| t.target) {
+            // The target language's code is the first token generated (mBART).
+            generate.forced_bos_token_id = Some(code.into());
+        }
         generate.validate(self.max_positions).map_err(|e| invalid(e.to_string()))?;
-        Ok(GenerationParams { generate, stop, return_full_text, truncation, long_document })
+        Ok(GenerationParams {
+            generate,
+            stop,
+            return_full_text,
+            truncation,
+            long_document,
+            translation,
+        })
+    }
+
+    /// The call's `src_lang` and `tgt_lang`, resolved against the model (translation), or an
+    /// error when another task is given them.
+    fn translation_of(&self, map: &mut Map<String, Value>) -> Result<Option<Resolved>, TaskError> {
+        let mut language = |key: &str| match map.remove(key) {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::String(code)) => Ok(Some(code)),
+            Some(other) => {
+                Err(TaskError::Invalid(format!("bad params: `{key}` must be a string, not {other}")))
+            }
+        };
+        let (src, tgt) = (language("src_lang")?, language("tgt_lang")?);
+        match &self.translator {
+            Some(translator) => translator.resolve(src.as_deref(), tgt.as_deref()).map(Some),
+            None if src.is_some() || tgt.is_some() => Err(TaskError::Invalid(format!(
+                "bad params: `{}` is for task translation; this model serves {}",
+                if src.is_some() { "src_lang" } else { "tgt_lang" },
+                self.task
+            ))),
+            None => Ok(None),
+        }
     }
 
     /// How `input` is generated: its prompt, or its chunks' prompts (chunked summaries).
@@ -353,6 +416,17 @@ impl GenerationPipeline {
         text: &str,
         params: &GenerationParams,
     ) -> Result<(Vec<u32>, usize, bool), TaskError> {
+        if let Some(translation) = &params.translation {
+            let text = format!("{}{text}", translation.prefix);
+            let content = || self.tokenizer.encode_plain(&text);
+            if let Some(wrapped) =
+                translation.wrap(content()?, self.tokenizer.max_length, params.truncation)
+            {
+                return Ok(wrapped?);
+            }
+            let encoded = self.tokenizer.encode(&text, params.truncation)?;
+            return Ok((encoded.ids.clone(), encoded.input_tokens, encoded.truncated));
+        }
         if self.task == Task::Summarization {
             let encoded =
                 self.tokenizer.encode(&format!("{}{text}", self.prefix), params.truncation)?;

@@ -17,6 +17,7 @@ pub mod question_answering;
 pub mod rerank;
 pub mod text_pairs;
 pub mod token_classification;
+pub mod translation;
 pub mod zero_shot;
 
 use serde::{Deserialize, Serialize};

@@ -24,7 +24,11 @@ pub fn generation_fields(
             values.into_iter().next().unwrap_or(Value::Null)
         }
     };
-    let key = if task == Task::Summarization { "summary_text" } else { "generated_text" };
+    let key = match task {
+        Task::Summarization => "summary_text",
+        Task::Translation => "translation_text",
+        _ => "generated_text",
+    };
     let mut out = Map::new();
     out.insert(key.into(), shape(generation.texts.iter().map(|t| json!(t)).collect()));
     out.insert(

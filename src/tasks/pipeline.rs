@@ -293,7 +293,7 @@ impl EncoderPipeline {
                 Some((HeadKind::TokenClassification, "*ForTokenClassification"))
             }
             Task::FeatureExtraction => None,
-            Task::Summarization | Task::TextGeneration => {
+            Task::Summarization | Task::Translation | Task::TextGeneration => {
                 return Err(PipelineError::NotEncoderTask(task));
             }
         };
@@ -370,7 +370,7 @@ impl EncoderPipeline {
             Task::ZeroShotClassification => {
                 TaskParams::ZeroShot(serde_json::from_value(params).map_err(invalid)?)
             }
-            Task::Summarization | Task::TextGeneration => {
+            Task::Summarization | Task::Translation | Task::TextGeneration => {
                 return Err(TaskError::Unsupported(format!("task {}", self.task)));
             }
         })
