@@ -601,8 +601,7 @@ impl pb::inference_server::Inference for InferenceService {
     ) -> Result<Response<pb::GenerateResponse>, Status> {
         let (metadata_map, _, r) = request.into_parts();
         self.call("Translate", &metadata_map, |deadline| async move {
-            self.run_generation(&r.model, Task::Translation, r.inputs, r.parameters, deadline)
-                .await
+            self.run_generation(&r.model, Task::Translation, r.inputs, r.parameters, deadline).await
         })
         .await
     }

@@ -125,6 +125,17 @@ pub struct GenerationPipeline {
     pub encoder_decoder: bool,
 }
 
+/// What transformers' summarization and translation pipelines (Text2TextGenerationPipeline's
+/// `_default_generation_config`: 4 beams, 256 new tokens) do to the model's settings
+/// (pipelines/base.py, 4.57): a pipeline default that differs from transformers' global default
+/// wins over the model's value, so every call starts from 4 beams, and the 256 new tokens give
+/// way to a `max_length` the model sets. The task's own settings and the call's come after.
+fn text2text_pipeline_defaults(config: &mut GenerateConfig) {
+    config.num_beams = 4;
+    config.max_new_tokens =
+        (config.max_length == GenerateConfig::default().max_length).then_some(256);
+}
+
 /// A prompt ready for the scheduler: its ids, untruncated length, and whether it was cut.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Prompt {
@@ -180,6 +191,9 @@ impl GenerationPipeline {
         }
         let (task_overrides, prefix) = generator.task_params(task_key)?;
         let mut defaults = generator.generation.clone();
+        if encoder_decoder {
+            text2text_pipeline_defaults(&mut defaults);
+        }
         defaults.apply(&task_overrides).map_err(|e| ModelError::Config(e.to_string()))?;
         let tokenizer = TextTokenizer::load(dir, Some(generator.max_positions))?;
         let translator = (task == Task::Translation)
@@ -310,9 +324,9 @@ impl GenerationPipeline {
         let mut language = |key: &str| match map.remove(key) {
             None | Some(Value::Null) => Ok(None),
             Some(Value::String(code)) => Ok(Some(code)),
-            Some(other) => {
-                Err(TaskError::Invalid(format!("bad params: `{key}` must be a string, not {other}")))
-            }
+            Some(other) => Err(TaskError::Invalid(format!(
+                "bad params: `{key}` must be a string, not {other}"
+            ))),
         };
         let (src, tgt) = (language("src_lang")?, language("tgt_lang")?);
         match &self.translator {

@@ -92,8 +92,8 @@ impl Translator {
                     key: key.clone(),
                     reason,
                 };
-                let overrides = serde_json::from_value(settings.clone())
-                    .map_err(|e| bad(e.to_string()))?;
+                let overrides =
+                    serde_json::from_value(settings.clone()).map_err(|e| bad(e.to_string()))?;
                 directions.push(Direction {
                     src: src.into(),
                     tgt: tgt.into(),
@@ -142,9 +142,9 @@ impl Translator {
             Translator::Prefixes(directions) => {
                 let found = match (src, tgt) {
                     (None, None) => directions.first(),
-                    _ => directions.iter().find(|d| {
-                        src.is_none_or(|s| s == d.src) && tgt.is_none_or(|t| t == d.tgt)
-                    }),
+                    _ => directions
+                        .iter()
+                        .find(|d| src.is_none_or(|s| s == d.src) && tgt.is_none_or(|t| t == d.tgt)),
                 };
                 let direction = found.ok_or_else(|| {
                     let known: Vec<String> =
@@ -168,14 +168,13 @@ impl Translator {
             }
             Translator::LanguageCodes { codes, source_first, eos, default_src, default_tgt } => {
                 let code = |field: &str, given: Option<&str>, default: &Option<String>| {
-                    let name = given.map(String::from).or_else(|| default.clone()).ok_or_else(
-                        || {
+                    let name =
+                        given.map(String::from).or_else(|| default.clone()).ok_or_else(|| {
                             TaskError::Invalid(format!(
                                 "`{field}` is required for this model: one of {}",
                                 names(codes)
                             ))
-                        },
-                    )?;
+                        })?;
                     codes.get(&name).copied().ok_or_else(|| {
                         TaskError::Invalid(format!(
                             "`{field}` `{name}` is not a language of this model: one of {}",
@@ -289,9 +288,15 @@ mod tests {
     fn mbart_codes_wrap_the_input_where_the_tokenizer_puts_them() {
         let resolved = mbart(true).resolve(None, Some("pt_XX")).unwrap();
         assert_eq!(resolved.target, Some(11));
-        assert_eq!(resolved.wrap(vec![5, 6, 7], 10, true).unwrap().unwrap(), (vec![10, 5, 6, 7, 2], 5, false));
+        assert_eq!(
+            resolved.wrap(vec![5, 6, 7], 10, true).unwrap().unwrap(),
+            (vec![10, 5, 6, 7, 2], 5, false)
+        );
         let cc25 = mbart(false).resolve(Some("pt_XX"), Some("en_XX")).unwrap();
-        assert_eq!(cc25.wrap(vec![5, 6, 7], 4, true).unwrap().unwrap(), (vec![5, 6, 2, 11], 5, true));
+        assert_eq!(
+            cc25.wrap(vec![5, 6, 7], 4, true).unwrap().unwrap(),
+            (vec![5, 6, 2, 11], 5, true)
+        );
         assert!(cc25.wrap(vec![5, 6, 7], 4, false).unwrap().is_err());
     }
 

@@ -131,7 +131,7 @@ async fn bad_jobs_are_refused_with_their_codes_and_the_worker_goes_on() {
         )
     );
     let (code, message) =
-        failure(client.submit_job(submission("embed", "translation", "", two())).await);
+        failure(client.submit_job(submission("embed", "speech-recognition", "", two())).await);
     assert_eq!(code, Code::InvalidArgument);
     assert!(message.starts_with("task: "), "{message}");
     let (code, message) = failure(

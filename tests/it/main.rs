@@ -32,3 +32,4 @@ mod server;
 mod settings;
 mod slow_tokenizers;
 mod tls;
+mod translation;

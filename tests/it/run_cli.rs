@@ -158,9 +158,9 @@ fn a_task_the_model_cannot_do_is_refused_with_exit_code_2() {
 
 #[test]
 fn bad_arguments_exit_2() {
-    let (code, _, stderr) = run("bert-mlm", "translation", &[], &[]);
+    let (code, _, stderr) = run("bert-mlm", "speech-recognition", &[], &[]);
     assert_eq!(code, 2, "{stderr}");
-    assert!(stderr.contains("`translation` is not one of"), "{stderr}");
+    assert!(stderr.contains("`speech-recognition` is not one of"), "{stderr}");
     let (code, _, stderr) = run("bert-mlm", "fill-mask", &[], &["top_k"]);
     assert_eq!(code, 2);
     assert!(stderr.contains("bad --param `top_k`: expected key=value"), "{stderr}");

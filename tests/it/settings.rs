@@ -167,7 +167,10 @@ fn bad_value_in_file_names_key_and_file() {
         ("[batching]\nbulk_share = 1.5\n", "batching.bulk_share"),
         ("[batching]\nmax_batch_tokens = 0\n", "batching.max_batch_tokens"),
         ("[store]\nurl = \"mysql://x\"\n", "store.url"),
-        ("[[models]]\nname = \"m\"\ntask = \"translation\"\npath = \"/m\"\n", "models.0.task"),
+        (
+            "[[models]]\nname = \"m\"\ntask = \"speech-recognition\"\npath = \"/m\"\n",
+            "models.0.task",
+        ),
         ("[[models]]\nname = \"m\"\ntask = \"fill-mask\"\n", "models.0.path"),
         (
             "[[models]]\nname = \"m\"\ntask = \"fill-mask\"\npath = \"/m\"\ndtype = \"int4\"\n",
