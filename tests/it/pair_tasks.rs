@@ -675,4 +675,30 @@ async fn a_job_reranks_and_classifies_pairs_like_lote_run() {
             .to_string()],
     );
     assert_eq!(result["labels"], line[0]["labels"], "a job answers as lote run does");
+
+    let case = &reference("pairs/bert-nli")["zero-shot-classification"][0];
+    let text = case["args"][0].as_str().unwrap().to_string();
+    let documents = vec![
+        pb::JobDocument { custom_id: "z".into(), text, ..Default::default() },
+        pb::JobDocument {
+            custom_id: "empty-labels".into(),
+            text: "O time venceu.".into(),
+            params_json: r#"{"candidate_labels": []}"#.into(),
+            ..Default::default()
+        },
+    ];
+    let params = json!({"candidate_labels": case["kwargs"]["candidate_labels"]}).to_string();
+    let job = client
+        .submit_job(submission("nli", "zero-shot-classification", &params, documents))
+        .await
+        .unwrap()
+        .into_inner();
+    let (job, _) = watch_to_end(&mut client, &job.id).await;
+    assert_eq!((job.succeeded, job.failed), (1, 1), "{job:?}");
+    let all = results(&mut client, &job.id, -1).await;
+    let z = all.iter().find(|r| r.custom_id == "z").unwrap();
+    let result: Value = serde_json::from_str(&z.result_json).unwrap();
+    assert_eq!(result["labels"], case["output"]["labels"], "as the pipeline ranks them");
+    let bad = all.iter().find(|r| r.custom_id == "empty-labels").unwrap();
+    assert!(bad.error.contains("`candidate_labels` is empty"), "{bad:?}");
 }
