@@ -143,7 +143,7 @@ def median_rate(amount: float, seconds: list[float]) -> float:
 
 def write_config(path: Path, grpc: str, metrics: str, models: list[tuple[str, str, Path]]) -> Path:
     """A `lote serve` config file: CPU, THREADS threads, the given (name, task, path) models."""
-    text = f'[server]\ngrpc_addr = "{grpc}"\nmetrics_addr = "{metrics}"\n'
+    text = f'[server]\ngrpc_addr = "{grpc}"\nmetrics_addr = "{metrics}"\nhttp_addr = ""\n'
     text += f'[device]\nkind = "cpu"\nthreads = {THREADS}\n'
     for name, task, model in models:
         text += f'[[models]]\nname = "{name}"\ntask = "{task}"\npath = "{model}"\n'

@@ -30,7 +30,7 @@ class Fleet:
         self.processes = []
         for index in range(workers):
             config = work / f"{self.prefix}-{index}.toml"
-            text = (f'[server]\ngrpc_addr = "127.0.0.1:{FIRST_PORT + index}"\nmetrics_addr = ""\n'
+            text = (f'[server]\ngrpc_addr = "127.0.0.1:{FIRST_PORT + index}"\nmetrics_addr = ""\nhttp_addr = ""\n'
                     f'[device]\nkind = "cpu"\nthreads = {threads}\n'
                     f'[amqp]\nenabled = true\nqueue_prefix = "{self.prefix}"\nprefetch = {prefetch}\n'
                     f'[store]\nurl = "{PG}/{self.database}"\n')

@@ -12,6 +12,7 @@ pub mod engine;
 pub mod generation;
 pub mod grpc;
 pub mod health_check;
+pub mod http;
 pub mod hub;
 pub mod jobs;
 pub mod jobs_client;

@@ -80,6 +80,7 @@ pub struct Server {
     placement: Placement,
     grpc: TcpListener,
     metrics: Option<TcpListener>,
+    http: Option<TcpListener>,
     tls: Option<ServerTlsConfig>,
     store: JobStore,
 }
@@ -103,7 +104,11 @@ impl Server {
             Some(addr) => Some(listen("metrics", addr).await?),
             None => None,
         };
-        Ok(Self { settings, placement, grpc, metrics, tls, store })
+        let http = match settings.server.http_addr {
+            Some(addr) => Some(listen("HTTP", addr).await?),
+            None => None,
+        };
+        Ok(Self { settings, placement, grpc, metrics, http, tls, store })
     }
 
     /// The address gRPC listens on (the real port when the settings asked for port 0).
@@ -115,12 +120,18 @@ impl Server {
         self.metrics.as_ref().map(|l| l.local_addr().expect("a bound listener has an address"))
     }
 
+    /// The address of the OpenAI-compatible HTTP API, when it is on.
+    pub fn http_addr(&self) -> Option<SocketAddr> {
+        self.http.as_ref().map(|l| l.local_addr().expect("a bound listener has an address"))
+    }
+
     pub async fn serve(
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), ServeError> {
         let grpc_addr = self.grpc_addr();
         let metrics_addr = self.metrics_addr().map(|addr| addr.to_string());
+        let http_addr = self.http_addr().map(|addr| addr.to_string());
         let server = &self.settings.server;
         let limits = &server.limits;
         // Install the recorder before anything records: the engine threads register their
@@ -190,6 +201,19 @@ impl Server {
                 let _ = stopping.wait_for(|stop| *stop).await;
             }))
         });
+        let http_task = self.http.map(|listener| {
+            let state = Arc::new(crate::http::HttpState {
+                registry: registry.clone(),
+                limits: limits.clone(),
+                started: std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_secs()),
+            });
+            let mut stopping = stopping.clone();
+            tokio::spawn(crate::http::serve(listener, state, async move {
+                let _ = stopping.wait_for(|stop| *stop).await;
+            }))
+        });
         let drain_delay = server.drain_delay;
         let shutdown_models: Vec<String> =
             self.settings.models.iter().map(|m| m.name.clone()).collect();
@@ -221,6 +245,7 @@ impl Server {
         info!(
             %grpc_addr,
             metrics_addr = metrics_addr.as_deref().unwrap_or("off"),
+            http_addr = http_addr.as_deref().unwrap_or("off"),
             device = %self.placement.device_name(),
             dtype = %self.placement.dtype,
             libtorch = %libtorch_version(),
@@ -278,7 +303,7 @@ impl Server {
                 "job documents still in flight after the shutdown timeout; they will be redelivered"
             );
         }
-        if let Some(task) = metrics_task {
+        for task in [metrics_task, http_task].into_iter().flatten() {
             let _ = task.await;
         }
         info!("stopped");

@@ -189,6 +189,20 @@ impl Registry {
     }
 
     /// The task a model serves, for callers that must check it first.
+    /// The model named in a call, checked to serve `task`.
+    pub fn serving(&self, name: &str, task: Task) -> Result<&ServedModel, EngineError> {
+        let served = self.get(name)?;
+        let serves = self.task_of(name).expect("a served model has settings");
+        if serves != task {
+            return Err(EngineError::WrongTask {
+                model: name.into(),
+                task: serves.to_string(),
+                wanted: task.to_string(),
+            });
+        }
+        Ok(served)
+    }
+
     pub fn task_of(&self, name: &str) -> Option<Task> {
         self.slots.iter().find(|s| s.settings.name == name).map(|s| s.settings.task)
     }

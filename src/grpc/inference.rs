@@ -84,18 +84,8 @@ impl InferenceService {
         Ok(())
     }
 
-    /// The model named in a call, checked to serve `task`.
     fn model(&self, name: &str, task: Task) -> Result<&ServedModel, EngineError> {
-        let served = self.registry.get(name)?;
-        let serves = self.registry.task_of(name).expect("a served model has settings");
-        if serves != task {
-            return Err(EngineError::WrongTask {
-                model: name.into(),
-                task: serves.to_string(),
-                wanted: task.to_string(),
-            });
-        }
-        Ok(served)
+        self.registry.serving(name, task)
     }
 
     fn encoder(&self, name: &str, task: Task) -> Result<&EncoderService, EngineError> {

@@ -91,6 +91,10 @@ pub struct ServerSettings {
     /// An empty string turns the endpoint off.
     #[serde(with = "optional_addr")]
     pub metrics_addr: Option<SocketAddr>,
+    /// Where the OpenAI-compatible HTTP API listens (`/v1/models`, `/v1/embeddings`,
+    /// `/v1/rerank`). Default `127.0.0.1:8080`. An empty string turns it off.
+    #[serde(with = "optional_addr")]
+    pub http_addr: Option<SocketAddr>,
     /// After SIGINT/SIGTERM, how long health reports NOT_SERVING while new calls are still taken,
     /// so load balancers stop routing here first. Default `0s`; a Kubernetes rollout wants a few
     /// seconds.
@@ -272,6 +276,7 @@ impl Default for ServerSettings {
         Self {
             grpc_addr: SocketAddr::from(([127, 0, 0, 1], 50051)),
             metrics_addr: Some(SocketAddr::from(([127, 0, 0, 1], 9464))),
+            http_addr: Some(SocketAddr::from(([127, 0, 0, 1], 8080))),
             drain_delay: Duration::ZERO,
             shutdown_timeout: Duration::from_secs(30),
             limits: LimitSettings::default(),

@@ -345,9 +345,7 @@ impl GenerationPipeline {
         let TaskInput::Text { text } = input else {
             return Err(TaskError::Invalid(format!("{} needs `text`", self.task)));
         };
-        if text.trim().is_empty() {
-            return Err(TaskError::Tokenize(crate::tokenize::TokenizeError::Empty));
-        }
+        super::text_pairs::non_empty("text", text)?;
         if let (Task::Summarization, LongDocument::Chunked { tokens, overlap }) =
             (self.task, params.long_document)
             && let Some(chunks) = self.chunk_prompts(text, tokens, overlap)?

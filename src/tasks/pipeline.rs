@@ -469,6 +469,20 @@ impl EncoderPipeline {
 
     fn prepare(&self, input: &TaskInput, params: &TaskParams) -> Result<Prepared, TaskError> {
         let tokenizer = &self.tokenizer;
+        // An empty input is refused by the name of its field.
+        match input {
+            TaskInput::Text { text } => {
+                text_pairs::non_empty("text", text)?;
+            }
+            TaskInput::QuestionContext { question, context } => {
+                text_pairs::non_empty("question", question)?;
+                text_pairs::non_empty("context", context)?;
+            }
+            TaskInput::Query { query, .. } => {
+                text_pairs::non_empty("query", query)?;
+            }
+            TaskInput::TextPair { .. } => {}
+        }
         match (params, input) {
             (
                 TaskParams::QuestionAnswering(p),
@@ -478,7 +492,6 @@ impl EncoderPipeline {
                 Ok(Prepared::FillMask(fill_mask::prepare(tokenizer, text, p)?))
             }
             (TaskParams::TextClassification(p), TaskInput::Text { text }) => {
-                text_pairs::non_empty("text", text)?;
                 Ok(Prepared::Single(tokenizer.encode(text, p.truncation.single())?))
             }
             (TaskParams::TextClassification(p), TaskInput::TextPair { text, text_pair }) => {

@@ -125,7 +125,7 @@ pub fn worker_config(
     std::fs::write(
         &path,
         format!(
-            "[server]\ngrpc_addr = \"127.0.0.1:0\"\nmetrics_addr = \"127.0.0.1:0\"\n\
+            "[server]\ngrpc_addr = \"127.0.0.1:0\"\nmetrics_addr = \"127.0.0.1:0\"\nhttp_addr = \"127.0.0.1:0\"\n\
              [device]\nkind = \"cpu\"\nthreads = 1\n\
              [amqp]\nenabled = true\nqueue_prefix = \"{prefix}\"\nprefetch = 16\n\
              [store]\nurl = \"{store}\"\n\

@@ -30,12 +30,13 @@ pub fn temp_store_url() -> String {
     format!("sqlite://{}", path.display())
 }
 
-/// Settings for a test server: port 0 for gRPC and metrics, CPU, its own job store.
+/// Settings for a test server: port 0 for gRPC, metrics and HTTP, CPU, its own job store.
 pub fn test_settings() -> Settings {
     let mut settings = Settings::default();
     settings.store.url = temp_store_url();
     settings.server.grpc_addr = "127.0.0.1:0".parse().unwrap();
     settings.server.metrics_addr = Some("127.0.0.1:0".parse().unwrap());
+    settings.server.http_addr = Some("127.0.0.1:0".parse().unwrap());
     settings.device.kind = lote::settings::DeviceSpec::Cpu;
     settings
 }
@@ -44,6 +45,7 @@ pub fn test_settings() -> Settings {
 pub struct TestServer {
     pub grpc_addr: SocketAddr,
     pub metrics_addr: Option<SocketAddr>,
+    pub http_addr: Option<SocketAddr>,
     stop: Option<oneshot::Sender<()>>,
     pub task: JoinHandle<Result<(), lote::server::ServeError>>,
 }
@@ -53,11 +55,12 @@ impl TestServer {
         let server = Server::bind(settings).await.expect("server binds");
         let grpc_addr = server.grpc_addr();
         let metrics_addr = server.metrics_addr();
+        let http_addr = server.http_addr();
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(server.serve(async move {
             let _ = stopped.await;
         }));
-        Self { grpc_addr, metrics_addr, stop: Some(stop), task }
+        Self { grpc_addr, metrics_addr, http_addr, stop: Some(stop), task }
     }
 
     pub fn url(&self) -> String {
@@ -93,6 +96,8 @@ pub fn lote_command() -> Command {
     }
     command.env("LOTE__LOG__FORMAT", "json").env_remove("RUST_LOG");
     command.env("LOTE__STORE__URL", temp_store_url());
+    // Workers of parallel tests must not all take the HTTP API's default port.
+    command.env("LOTE__SERVER__HTTP_ADDR", "127.0.0.1:0");
     command
 }
 

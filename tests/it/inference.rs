@@ -298,7 +298,7 @@ async fn each_bad_input_gets_its_code_and_the_server_keeps_serving() {
     assert_eq!(message, "33 inputs: more than server.limits.max_inputs_per_call (32)");
 
     let (code, message) = failure(client.embed(embed_request("embed", &["ok", "  "])).await);
-    assert_eq!((code, message.as_str()), (Code::InvalidArgument, "inputs[1]: input is empty"));
+    assert_eq!((code, message.as_str()), (Code::InvalidArgument, "inputs[1]: `text` is empty"));
 
     let long = "palavra ".repeat(500);
     let (code, message) = failure(client.embed(embed_request("embed", &[&long])).await);

@@ -159,7 +159,7 @@ async fn bad_jobs_are_refused_with_their_codes_and_the_worker_goes_on() {
     assert_eq!((job.state.as_str(), job.succeeded, job.failed), ("completed", 3, 1));
     let all = results(&mut client, &job.id, -1).await;
     let bad = all.iter().find(|r| r.custom_id == "doc-1").unwrap();
-    assert_eq!((bad.state.as_str(), bad.error.as_str()), ("failed", "input is empty"));
+    assert_eq!((bad.state.as_str(), bad.error.as_str()), ("failed", "`text` is empty"));
     let mut hopeless = text_documents(2, phrase);
     hopeless.iter_mut().for_each(|d| d.text = String::new());
     let job =

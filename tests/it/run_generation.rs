@@ -114,7 +114,7 @@ fn each_bad_generation_input_is_its_own_error() {
     assert_eq!(code, 1, "{stderr}");
     let error = |i: usize| out[i]["error"].as_str().unwrap_or("").to_string();
     assert!(out[0]["error"].is_null(), "{}", out[0]);
-    assert_eq!(error(1), "input is empty");
+    assert_eq!(error(1), "`text` is empty");
     assert!(
         error(2).starts_with("prompt has ")
             && error(2).contains("more than the model's context of 128"),

@@ -1,0 +1,68 @@
+//! The OpenAI-compatible HTTP API on `server.http_addr` (axum): the routes the `openai` client,
+//! LangChain, LlamaIndex and curl scripts call, answered by the same engine as gRPC in the
+//! interactive lane, so HTTP and gRPC calls share batches. Each route is a module of its own;
+//! errors take OpenAI's shape, mapped from the engine's in one place ([`error`]).
+
+mod embeddings;
+pub mod error;
+mod models;
+mod rerank;
+
+use std::{future::Future, sync::Arc};
+
+use axum::{
+    Router,
+    routing::{get, post},
+};
+use tokio::net::TcpListener;
+
+use error::ApiError;
+
+use crate::{
+    engine::{
+        encoder::EncoderService,
+        registry::{Registry, ServedModel},
+    },
+    settings::{LimitSettings, Task},
+};
+
+/// What every route reads.
+pub struct HttpState {
+    pub registry: Arc<Registry>,
+    pub limits: LimitSettings,
+    /// Unix seconds the worker started: the `created` of every model.
+    pub started: u64,
+}
+
+pub fn router(state: Arc<HttpState>) -> Router {
+    let body_limit = state.limits.max_message_bytes;
+    Router::new()
+        .route("/v1/models", get(models::list))
+        .route("/v1/models/{id}", get(models::get))
+        .route("/v1/embeddings", post(embeddings::create))
+        .route("/v1/rerank", post(rerank::create))
+        .fallback(error::unknown_route)
+        .layer(axum::extract::DefaultBodyLimit::max(body_limit))
+        .with_state(state)
+}
+
+/// The encoder model named in a call, checked to serve `task`.
+fn served_encoder<'a>(
+    state: &'a HttpState,
+    name: &str,
+    task: Task,
+) -> Result<&'a EncoderService, ApiError> {
+    match state.registry.serving(name, task)? {
+        ServedModel::Encoder(service) => Ok(service),
+        ServedModel::Generation(_) => unreachable!("{task} is an encoder task"),
+    }
+}
+
+/// Serves the API on `listener` until `shutdown` resolves.
+pub async fn serve(
+    listener: TcpListener,
+    state: Arc<HttpState>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, router(state)).with_graceful_shutdown(shutdown).await
+}
