@@ -9,7 +9,7 @@ use axum::{Json, extract::State};
 use base64::Engine as _;
 use serde_json::{Map, Value, json};
 
-use super::{HttpState, error::ApiError, served_encoder};
+use super::{HttpState, error::ApiError, served_encoder, usage};
 use crate::{
     engine::policy::Lane,
     settings::Task,
@@ -131,12 +131,11 @@ pub async fn create(
             json!({"object": "embedding", "index": index, "embedding": encode(&vector, base64)}),
         );
     }
-    let tokens = answered.report.input_tokens;
     Ok(Json(json!({
         "object": "list",
         "data": data,
         "model": model,
-        "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+        "usage": usage(answered.report.input_tokens),
     })))
 }
 

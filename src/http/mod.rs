@@ -46,6 +46,11 @@ pub fn router(state: Arc<HttpState>) -> Router {
         .with_state(state)
 }
 
+/// OpenAI's `usage` of a call that only reads its input.
+fn usage(prompt_tokens: usize) -> serde_json::Value {
+    serde_json::json!({"prompt_tokens": prompt_tokens, "total_tokens": prompt_tokens})
+}
+
 /// The encoder model named in a call, checked to serve `task`.
 fn served_encoder<'a>(
     state: &'a HttpState,

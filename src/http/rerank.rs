@@ -7,7 +7,7 @@ use std::sync::Arc;
 use axum::{Json, extract::State};
 use serde_json::{Map, Value, json};
 
-use super::{HttpState, error::ApiError, served_encoder};
+use super::{HttpState, error::ApiError, served_encoder, usage};
 use crate::{
     engine::{call::EngineError, policy::Lane},
     settings::Task,
@@ -75,11 +75,10 @@ pub async fn create(
             item
         })
         .collect();
-    let tokens = answered.report.input_tokens;
     Ok(Json(json!({
         "object": "list",
         "model": model,
         "results": results,
-        "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+        "usage": usage(answered.report.input_tokens),
     })))
 }

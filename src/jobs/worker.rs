@@ -81,16 +81,7 @@ impl EngineExecutor {
     }
 
     fn model(&self, model: &str, task: Task) -> Result<&ServedModel, EngineError> {
-        let served = self.registry.get(model)?;
-        let serves = self.registry.task_of(model).expect("a served model has settings");
-        if serves != task {
-            return Err(EngineError::WrongTask {
-                model: model.into(),
-                task: serves.to_string(),
-                wanted: task.to_string(),
-            });
-        }
-        Ok(served)
+        self.registry.serving(model, task)
     }
 }
 

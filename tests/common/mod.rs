@@ -79,6 +79,26 @@ impl TestServer {
     }
 }
 
+/// A test server started with `settings`, returned once it is SERVING (every model loaded).
+pub async fn start_ready(settings: Settings) -> TestServer {
+    let server = TestServer::start(settings).await;
+    for _ in 0..600 {
+        if health_status(server.channel().await, "").await.ok().as_deref() == Some("Serving") {
+            return server;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    panic!("the models did not load");
+}
+
+/// The code and message of a call that must fail.
+pub fn failure<T: std::fmt::Debug>(
+    result: Result<tonic::Response<T>, tonic::Status>,
+) -> (tonic::Code, String) {
+    let status = result.expect_err("the call must fail");
+    (status.code(), status.message().to_string())
+}
+
 /// grpc.health.v1 Check for `service` ("" is the whole server), as the status name.
 pub async fn health_status(channel: Channel, service: &str) -> Result<String, tonic::Status> {
     let response =

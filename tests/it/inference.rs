@@ -6,7 +6,7 @@ use crate::common;
 
 use std::time::Duration;
 
-use common::{TestServer, fixture_model, read_reference, test_settings};
+use common::{TestServer, failure, fixture_model, read_reference, test_settings};
 use lote::{
     Settings,
     grpc::pb::{self, inference_client::InferenceClient, models_client::ModelsClient},
@@ -263,14 +263,6 @@ async fn a_stream_gives_the_text_of_the_unary_call() {
         assert_eq!(last.finish_reason.unwrap(), expected.finish_reason);
         assert_eq!(last.metadata.unwrap().output_tokens, expected.output_tokens as u64);
     }
-}
-
-/// The code and message of a failed call.
-fn failure<T: std::fmt::Debug>(
-    result: Result<tonic::Response<T>, tonic::Status>,
-) -> (Code, String) {
-    let status = result.expect_err("the call must fail");
-    (status.code(), status.message().to_string())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

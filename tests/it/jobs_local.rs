@@ -5,12 +5,12 @@
 use crate::common;
 
 use common::{
-    ServeProcess, TestServer, fixture_model,
+    ServeProcess, fixture_model,
     jobs::{
         assert_every_document_once, jobs_client, results, submission, text_documents, wait_for,
         wait_ready, watch_to_end,
     },
-    test_settings,
+    start_ready, test_settings,
 };
 use lote::{
     Settings,
@@ -38,19 +38,6 @@ fn settings() -> Settings {
     settings
 }
 
-async fn start(settings: Settings) -> TestServer {
-    let server = TestServer::start(settings).await;
-    for _ in 0..600 {
-        if common::health_status(server.channel().await, "").await.ok().as_deref()
-            == Some("Serving")
-        {
-            return server;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
-    panic!("the models did not load");
-}
-
 fn phrase(i: usize) -> String {
     let words = ["ação", "São Paulo", "você", "maçã", "pão", "coração", "João"];
     (0..1 + i % 9).map(|j| words[(i + j) % words.len()]).collect::<Vec<_>>().join(" ")
@@ -58,7 +45,7 @@ fn phrase(i: usize) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_job_completes_with_one_result_per_document() {
-    let server = start(settings()).await;
+    let server = start_ready(settings()).await;
     let mut client = jobs_client(server.grpc_addr).await;
     let request = submission(
         "embed",
@@ -97,7 +84,7 @@ async fn a_job_completes_with_one_result_per_document() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_jobs_are_refused_with_their_codes_and_the_worker_goes_on() {
-    let server = start(settings()).await;
+    let server = start_ready(settings()).await;
     let mut client = jobs_client(server.grpc_addr).await;
     let failure = |result: Result<tonic::Response<pb::Job>, tonic::Status>| {
         let status = result.expect_err("refused");
@@ -170,7 +157,7 @@ async fn bad_jobs_are_refused_with_their_codes_and_the_worker_goes_on() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_same_idempotency_key_gives_the_same_job_and_jobs_are_listed_by_page() {
-    let server = start(settings()).await;
+    let server = start_ready(settings()).await;
     let mut client = jobs_client(server.grpc_addr).await;
     let mut request = submission("embed", "feature-extraction", "", text_documents(3, phrase));
     request.idempotency_key = "nightly-2026-11-26".into();
@@ -217,7 +204,7 @@ async fn the_same_idempotency_key_gives_the_same_job_and_jobs_are_listed_by_page
 async fn a_cancelled_job_stops_computing() {
     let mut settings = settings();
     settings.amqp.prefetch = 2;
-    let server = start(settings).await;
+    let server = start_ready(settings).await;
     let mut client = jobs_client(server.grpc_addr).await;
     let params = r#"{"max_new_tokens": 40, "min_new_tokens": 40}"#;
     let request = submission("gpt2", "text-generation", params, text_documents(60, phrase));

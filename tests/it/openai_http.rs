@@ -5,9 +5,7 @@
 
 use crate::common;
 
-use std::time::Duration;
-
-use common::{TestServer, fixture_model, test_settings, venv_python};
+use common::{fixture_model, start_ready, test_settings, venv_python};
 use lote::{
     Settings,
     grpc::pb::{self, inference_client::InferenceClient},
@@ -30,19 +28,6 @@ fn settings() -> Settings {
     settings
 }
 
-async fn start() -> TestServer {
-    let server = TestServer::start(settings()).await;
-    for _ in 0..600 {
-        if common::health_status(server.channel().await, "").await.ok().as_deref()
-            == Some("Serving")
-        {
-            return server;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("the models did not load");
-}
-
 fn floats(value: &Value) -> Vec<f64> {
     value.as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect()
 }
@@ -56,7 +41,7 @@ fn assert_close(ours: &[f64], theirs: &[f32], what: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_openai_client_embeds_and_reranks_as_grpc_does_and_gets_openai_errors() {
-    let server = start().await;
+    let server = start_ready(settings()).await;
     let base_url = format!("http://{}/v1", server.http_addr.expect("the HTTP API is on"));
     let python = venv_python(&["openai"]);
     let script =

@@ -7,9 +7,7 @@
 
 use crate::common;
 
-use std::time::Duration;
-
-use common::{TestServer, fixture_model, read_reference, test_settings};
+use common::{failure, fixture_model, read_reference, start_ready, test_settings};
 use lote::{
     Settings,
     device::Placement,
@@ -472,30 +470,10 @@ fn server_settings() -> Settings {
     settings
 }
 
-async fn start(settings: Settings) -> TestServer {
-    let server = TestServer::start(settings).await;
-    for _ in 0..600 {
-        if common::health_status(server.channel().await, "").await.ok().as_deref()
-            == Some("Serving")
-        {
-            return server;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("the models did not load");
-}
-
-fn failure<T: std::fmt::Debug>(
-    result: Result<tonic::Response<T>, tonic::Status>,
-) -> (Code, String) {
-    let status = result.expect_err("the call must fail");
-    (status.code(), status.message().to_string())
-}
-
 /// The same answers as the pipelines above give, through gRPC.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grpc_serves_pairs_reranks_and_zero_shot_as_the_references_say() {
-    let server = start(server_settings()).await;
+    let server = start_ready(server_settings()).await;
     let mut client = InferenceClient::new(server.channel().await);
 
     let case = &reference("pairs/bert-cross-encoder")["text-classification"][1];
@@ -609,7 +587,7 @@ async fn grpc_serves_pairs_reranks_and_zero_shot_as_the_references_say() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_job_reranks_and_classifies_pairs_like_lote_run() {
     use common::jobs::{jobs_client, results, submission, watch_to_end};
-    let server = start(server_settings()).await;
+    let server = start_ready(server_settings()).await;
     let mut client = jobs_client(server.grpc_addr).await;
     let documents = vec![
         pb::JobDocument {

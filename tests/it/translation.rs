@@ -6,9 +6,7 @@
 
 use crate::common;
 
-use std::time::Duration;
-
-use common::{TestServer, fixture_model, read_reference, test_settings};
+use common::{fixture_model, read_reference, start_ready, test_settings};
 use lote::{
     Settings,
     device::Placement,
@@ -220,24 +218,11 @@ fn server_settings() -> Settings {
     settings
 }
 
-async fn start(settings: Settings) -> TestServer {
-    let server = TestServer::start(settings).await;
-    for _ in 0..600 {
-        if common::health_status(server.channel().await, "").await.ok().as_deref()
-            == Some("Serving")
-        {
-            return server;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("the model did not load");
-}
-
 /// The reference's first greedy mBART-50 call, through gRPC and through a job.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grpc_and_jobs_translate_as_the_pipeline_does() {
     let case = cases("mbart-50").into_iter().find(|c| c["kwargs"]["num_beams"] == 1).unwrap();
-    let server = start(server_settings()).await;
+    let server = start_ready(server_settings()).await;
     let mut client = InferenceClient::new(server.channel().await);
     let text = case["args"][0].as_str().unwrap().to_string();
     let parameters = pb::GenerationParameters {
