@@ -84,6 +84,10 @@ pub struct GenerateConfig {
     pub early_stopping: Option<bool>,
     pub no_repeat_ngram_size: usize,
     pub repetition_penalty: f64,
+    /// OpenAI's penalties, subtracted from the logits of tokens already generated (not the
+    /// prompt's), as vLLM applies them: `presence` once per token seen, `frequency` per time.
+    pub presence_penalty: f64,
+    pub frequency_penalty: f64,
     pub bad_words_ids: Vec<Vec<i64>>,
     pub forced_bos_token_id: Option<i64>,
     pub forced_eos_token_id: Option<Vec<i64>>,
@@ -112,6 +116,8 @@ impl Default for GenerateConfig {
             early_stopping: Some(false),
             no_repeat_ngram_size: 0,
             repetition_penalty: 1.0,
+            presence_penalty: 0.0,
+            frequency_penalty: 0.0,
             bad_words_ids: Vec::new(),
             forced_bos_token_id: None,
             forced_eos_token_id: None,
@@ -142,6 +148,8 @@ pub struct GenerateOverrides {
     pub early_stopping: Option<serde_json::Value>,
     pub no_repeat_ngram_size: Option<usize>,
     pub repetition_penalty: Option<f64>,
+    pub presence_penalty: Option<f64>,
+    pub frequency_penalty: Option<f64>,
     pub bad_words_ids: Option<Vec<Vec<i64>>>,
     /// `null` removes the forced token (as passing None to transformers does).
     #[serde(default, deserialize_with = "present")]
@@ -205,6 +213,8 @@ impl GenerateConfig {
             length_penalty,
             no_repeat_ngram_size,
             repetition_penalty,
+            presence_penalty,
+            frequency_penalty,
             bad_words_ids
         );
         if o.max_new_tokens.is_some() {
@@ -282,6 +292,14 @@ impl GenerateConfig {
         }
         if self.top_k < 0 {
             return bad(format!("top_k must be 0 (off) or positive, not {}", self.top_k));
+        }
+        for (name, value) in [
+            ("presence_penalty", self.presence_penalty),
+            ("frequency_penalty", self.frequency_penalty),
+        ] {
+            if !(-2.0..=2.0).contains(&value) {
+                return bad(format!("{name} must be in [-2, 2], not {value}"));
+            }
         }
         if self.repetition_penalty <= 0.0 {
             return bad(format!(

@@ -11,6 +11,8 @@ use super::GenerateConfig;
 #[derive(Debug, Clone)]
 pub struct Processors {
     repetition_penalty: Option<f64>,
+    /// OpenAI's (presence, frequency) penalties when either is set.
+    penalties: Option<(f64, f64)>,
     no_repeat_ngram_size: usize,
     /// Token sequences that must not be generated (sequences equal to `[eos]` dropped, as in
     /// transformers), grouped by the length of their prefix (all but the last token).
@@ -39,6 +41,8 @@ impl Processors {
         Self {
             repetition_penalty: (config.repetition_penalty != 1.0)
                 .then_some(config.repetition_penalty),
+            penalties: (config.presence_penalty != 0.0 || config.frequency_penalty != 0.0)
+                .then_some((config.presence_penalty, config.frequency_penalty)),
             no_repeat_ngram_size: config.no_repeat_ngram_size,
             bad_words: by_prefix_length(
                 config
@@ -68,6 +72,18 @@ impl Processors {
             let score = scores.gather(1, ids, false);
             let score = (&score * penalty).where_self(&score.lt(0.0), &(&score / penalty));
             scores = scores.scatter(1, ids, &score);
+        }
+        if let Some((presence, frequency)) = self.penalties
+            && len > self.prompt_len
+        {
+            let generated = ids.narrow(1, self.prompt_len as i64, (len - self.prompt_len) as i64);
+            let counts = scores.zeros_like().scatter_add(
+                1,
+                &generated,
+                &generated.ones_like().to_kind(scores.kind()),
+            );
+            scores =
+                scores - &counts * frequency - counts.gt(0.0).to_kind(counts.kind()) * presence;
         }
         if self.no_repeat_ngram_size > 0 {
             scores = self.ban_repeated_ngrams(ids, scores);
@@ -268,6 +284,24 @@ mod tests {
         assert_eq!(
             banned(&bad, &[&[9, 1, 2], &[2, 9, 4], &[5, 5, 5]]),
             [vec![3, 8], vec![3, 6], vec![3]]
+        );
+    }
+
+    #[test]
+    fn presence_and_frequency_penalties_count_generated_tokens_only() {
+        let penalised = processors(|c| {
+            c.presence_penalty = 0.5;
+            c.frequency_penalty = 0.25;
+        });
+        // The prompt is the first token (prompt_len 1): its 3 is not counted.
+        let ids = Tensor::from_slice(&[3i64, 4, 4, 7]).unsqueeze(0);
+        let scores = penalised.apply(&ids, Tensor::zeros([1, 8], (Kind::Float, tch::Device::Cpu)));
+        let row = Vec::<f32>::try_from(scores.get(0)).unwrap();
+        assert_eq!(row, [0.0, 0.0, 0.0, 0.0, -1.0, 0.0, 0.0, -0.75]);
+        let config = GenerateConfig { presence_penalty: 2.5, ..Default::default() };
+        assert_eq!(
+            config.validate(100).unwrap_err().to_string(),
+            "presence_penalty must be in [-2, 2], not 2.5"
         );
     }
 }

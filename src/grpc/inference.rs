@@ -219,6 +219,8 @@ fn generation_params(p: pb::GenerationParameters) -> Map<String, Value> {
     );
     put(&mut m, "no_repeat_ngram_size", p.no_repeat_ngram_size);
     put(&mut m, "repetition_penalty", p.repetition_penalty);
+    put(&mut m, "presence_penalty", p.presence_penalty);
+    put(&mut m, "frequency_penalty", p.frequency_penalty);
     if !p.bad_words_ids.is_empty() {
         m.insert(
             "bad_words_ids".into(),

@@ -56,6 +56,8 @@ const GENERATE_PARAMS: &[&str] = &[
     "early_stopping",
     "no_repeat_ngram_size",
     "repetition_penalty",
+    "presence_penalty",
+    "frequency_penalty",
     "bad_words_ids",
     "forced_bos_token_id",
     "forced_eos_token_id",
