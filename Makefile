@@ -33,7 +33,7 @@ run: release
 ## byte-identical on every run), plus the real all-MiniLM-L6-v2 reference embeddings.
 fixtures: setup $(FIXTURES)/.stamp
 
-$(FIXTURES)/.stamp: tests/fixtures/make_models.py tests/fixtures/make_generation_models.py tests/fixtures/make_minilm_reference.py tests/fixtures/make_slow_tokenizers.py tests/fixtures/make_pickle_fixtures.py tests/fixtures/make_pair_models.py tests/fixtures/make_translation_models.py scripts/requirements.txt
+$(FIXTURES)/.stamp: tests/fixtures/make_models.py tests/fixtures/make_generation_models.py tests/fixtures/make_minilm_reference.py tests/fixtures/make_slow_tokenizers.py tests/fixtures/make_pickle_fixtures.py tests/fixtures/make_pair_models.py tests/fixtures/make_translation_models.py tests/fixtures/make_chat_models.py scripts/requirements.txt
 	rm -rf $(FIXTURES).tmp
 	$(VENV)/bin/python tests/fixtures/make_models.py $(FIXTURES).tmp
 	$(VENV)/bin/python tests/fixtures/make_generation_models.py $(FIXTURES).tmp/generation
@@ -42,6 +42,7 @@ $(FIXTURES)/.stamp: tests/fixtures/make_models.py tests/fixtures/make_generation
 	$(VENV)/bin/python tests/fixtures/make_pickle_fixtures.py $(FIXTURES).tmp/pickle
 	$(VENV)/bin/python tests/fixtures/make_pair_models.py $(FIXTURES).tmp/pairs
 	$(VENV)/bin/python tests/fixtures/make_translation_models.py $(FIXTURES).tmp/translation
+	$(VENV)/bin/python tests/fixtures/make_chat_models.py $(FIXTURES).tmp/chat
 	rm -rf $(FIXTURES) && mv $(FIXTURES).tmp $(FIXTURES) && touch $@
 
 ## Clippy as the compiler of lote's own crate in the test build, the way `cargo clippy` calls it

@@ -9,7 +9,7 @@ use axum::{Json, extract::State};
 use base64::Engine as _;
 use serde_json::{Map, Value, json};
 
-use super::{HttpState, error::ApiError, served_encoder, usage};
+use super::{HttpState, error::ApiError, model_name, served_encoder, usage};
 use crate::{
     engine::policy::Lane,
     settings::Task,
@@ -75,9 +75,7 @@ pub async fn create(
     body: Result<Json<Map<String, Value>>, axum::extract::rejection::JsonRejection>,
 ) -> Result<Json<Value>, ApiError> {
     let Json(body) = body?;
-    let model = body.get("model").and_then(Value::as_str).ok_or_else(|| {
-        ApiError::invalid(Some("model"), "`model` is required: one of GET /v1/models")
-    })?;
+    let model = &model_name(&body)?;
     let inputs = texts(body.get("input"))?;
     if inputs.len() > state.limits.max_inputs_per_call {
         return Err(ApiError::invalid(

@@ -96,14 +96,21 @@ impl From<JsonRejection> for ApiError {
     }
 }
 
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        let body = json!({"error": {
+impl ApiError {
+    /// The `error` object of OpenAI's error body (a stream's error event carries it too).
+    pub fn body(&self) -> serde_json::Value {
+        json!({
             "message": self.message,
             "type": self.kind,
             "param": self.param,
             "code": self.code,
-        }});
+        })
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = json!({"error": self.body()});
         (self.status, Json(body)).into_response()
     }
 }

@@ -3,10 +3,14 @@
 //! interactive lane, so HTTP and gRPC calls share batches. Each route is a module of its own;
 //! errors take OpenAI's shape, mapped from the engine's in one place ([`error`]).
 
+mod chat;
+mod choices;
+mod completions;
 mod embeddings;
 pub mod error;
 mod models;
 mod rerank;
+mod sampling;
 
 use std::{future::Future, sync::Arc};
 
@@ -21,6 +25,7 @@ use error::ApiError;
 use crate::{
     engine::{
         encoder::EncoderService,
+        generation::GenerationService,
         registry::{Registry, ServedModel},
     },
     settings::{LimitSettings, Task},
@@ -40,6 +45,8 @@ pub fn router(state: Arc<HttpState>) -> Router {
         .route("/v1/models", get(models::list))
         .route("/v1/models/{id}", get(models::get))
         .route("/v1/embeddings", post(embeddings::create))
+        .route("/v1/completions", post(completions::create))
+        .route("/v1/chat/completions", post(chat::create))
         .route("/v1/rerank", post(rerank::create))
         .fallback(error::unknown_route)
         .layer(axum::extract::DefaultBodyLimit::max(body_limit))
@@ -61,6 +68,25 @@ fn served_encoder<'a>(
         ServedModel::Encoder(service) => Ok(service),
         ServedModel::Generation(_) => unreachable!("{task} is an encoder task"),
     }
+}
+
+/// The generative model named in a call, checked to serve `task`.
+fn served_generator<'a>(
+    state: &'a HttpState,
+    name: &str,
+    task: Task,
+) -> Result<&'a GenerationService, ApiError> {
+    match state.registry.serving(name, task)? {
+        ServedModel::Generation(service) => Ok(service),
+        ServedModel::Encoder(_) => unreachable!("{task} is a generation task"),
+    }
+}
+
+/// The call's `model`.
+fn model_name(body: &serde_json::Map<String, serde_json::Value>) -> Result<String, ApiError> {
+    body.get("model").and_then(serde_json::Value::as_str).map(String::from).ok_or_else(|| {
+        ApiError::invalid(Some("model"), "`model` is required: one of GET /v1/models")
+    })
 }
 
 /// Serves the API on `listener` until `shutdown` resolves.

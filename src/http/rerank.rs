@@ -7,7 +7,7 @@ use std::sync::Arc;
 use axum::{Json, extract::State};
 use serde_json::{Map, Value, json};
 
-use super::{HttpState, error::ApiError, served_encoder, usage};
+use super::{HttpState, error::ApiError, model_name, served_encoder, usage};
 use crate::{
     engine::{call::EngineError, policy::Lane},
     settings::Task,
@@ -38,10 +38,7 @@ pub async fn create(
     body: Result<Json<Map<String, Value>>, axum::extract::rejection::JsonRejection>,
 ) -> Result<Json<Value>, ApiError> {
     let Json(body) = body?;
-    let model = body
-        .get("model")
-        .and_then(Value::as_str)
-        .ok_or_else(|| ApiError::invalid(Some("model"), "`model` is required"))?;
+    let model = &model_name(&body)?;
     let query = body
         .get("query")
         .and_then(Value::as_str)

@@ -12,6 +12,7 @@ use serde_json::{Map, Value};
 
 use super::{
     TaskError, TaskInput,
+    chat_template::{ChatTemplate, ChatTemplateError},
     pipeline::ModelIdentity,
     translation::{Resolved, TranslationLoadError, Translator},
 };
@@ -125,6 +126,9 @@ pub struct GenerationPipeline {
     /// Positions the model can attend to (its context length).
     pub max_positions: usize,
     pub encoder_decoder: bool,
+    /// The model's chat template (text-generation), None when it has none; a template that
+    /// does not compile is kept as its error, for chat calls to report.
+    chat_template: Result<Option<ChatTemplate>, ChatTemplateError>,
 }
 
 /// What transformers' summarization and translation pipelines (Text2TextGenerationPipeline's
@@ -201,6 +205,13 @@ impl GenerationPipeline {
         let translator = (task == Task::Translation)
             .then(|| Translator::load(dir, &generator.config, &tokenizer))
             .transpose()?;
+        let chat_template = match task {
+            Task::TextGeneration => ChatTemplate::load(dir),
+            _ => Ok(None),
+        };
+        if let Err(error) = &chat_template {
+            tracing::warn!(model = %dir.display(), %error, "chat calls will be refused");
+        }
         let name = dir
             .canonicalize()
             .ok()
@@ -215,8 +226,27 @@ impl GenerationPipeline {
             translator,
             max_positions: generator.max_positions,
             encoder_decoder,
+            chat_template,
             generator: std::sync::Mutex::new(Some(generator)),
         })
+    }
+
+    /// The chat prompt for `messages` (a JSON list of `{role, content}`), rendered with the
+    /// model's chat template and the assistant's turn opened, as transformers'
+    /// `apply_chat_template(messages, add_generation_prompt=True)`.
+    pub fn chat_prompt(&self, messages: &Value) -> Result<String, TaskError> {
+        match &self.chat_template {
+            Ok(Some(template)) => template.render(messages, true).map_err(|e| match e {
+                ChatTemplateError::Refused(_) => TaskError::Invalid(e.to_string()),
+                other => TaskError::Unsupported(other.to_string()),
+            }),
+            Ok(None) => Err(TaskError::Unsupported(
+                "the model has no chat template (no chat_template.jinja, no `chat_template` in \
+                 tokenizer_config.json): send a plain prompt to /v1/completions"
+                    .into(),
+            )),
+            Err(error) => Err(TaskError::Unsupported(error.to_string())),
+        }
     }
 
     /// Hands the model to the engine's scheduler; the pipeline keeps tokenizing and decoding.

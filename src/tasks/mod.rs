@@ -4,6 +4,7 @@
 //! `lote run`; the numbers-to-answers steps are plain functions, tested on their own.
 
 mod char_text;
+pub mod chat_template;
 pub mod classify;
 pub mod embed;
 pub mod fill_mask;

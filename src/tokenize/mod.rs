@@ -391,6 +391,32 @@ fn read_json(path: &Path) -> serde_json::Value {
         .unwrap_or_default()
 }
 
+/// transformers' `special_tokens_map` of the tokenizer in `dir`: each special token that is set
+/// (bos, eos, unk, sep, pad, cls, mask; tokenizer_config.json first, then
+/// special_tokens_map.json) by its text, and `additional_special_tokens` when there are any.
+pub fn special_tokens_map(dir: &Path) -> serde_json::Map<String, serde_json::Value> {
+    let config = read_json(&dir.join("tokenizer_config.json"));
+    let special_map = read_json(&dir.join("special_tokens_map.json"));
+    let mut map = serde_json::Map::new();
+    for name in
+        ["bos_token", "eos_token", "unk_token", "sep_token", "pad_token", "cls_token", "mask_token"]
+    {
+        if let Some(text) = token_text(&config[name]).or_else(|| token_text(&special_map[name]))
+            && !text.is_empty()
+        {
+            map.insert(name.into(), text.into());
+        }
+    }
+    let key = "additional_special_tokens";
+    let listed = config[key].as_array().or_else(|| special_map[key].as_array());
+    let additional: Vec<serde_json::Value> =
+        listed.into_iter().flatten().filter_map(token_text).map(Into::into).collect();
+    if !additional.is_empty() {
+        map.insert(key.into(), additional.into());
+    }
+    map
+}
+
 /// A special token is written either as a string or as `{"content": "..."}`.
 fn token_text(value: &serde_json::Value) -> Option<String> {
     value.as_str().map(String::from).or_else(|| value["content"].as_str().map(String::from))

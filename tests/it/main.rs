@@ -10,6 +10,7 @@ mod common;
 
 mod bench_smoke;
 mod binary;
+mod chat_templates;
 mod cluster;
 mod continuous_batching;
 mod encoder_parity;

@@ -160,3 +160,213 @@ async fn the_openai_client_embeds_and_reranks_as_grpc_does_and_gets_openai_error
     assert_eq!(out["no_route"]["status"], 404);
     assert_eq!(out["no_route"]["body"]["error"]["message"], "no route /v1/nowhere");
 }
+
+fn texts_of(value: &Value) -> Vec<String> {
+    value.as_array().unwrap().iter().map(|t| t.as_str().unwrap().to_string()).collect()
+}
+
+/// lote's own gRPC Generate (parity-tested against transformers) for one prompt.
+async fn grpc_generate(
+    grpc: &mut InferenceClient<tonic::transport::Channel>,
+    prompt: &str,
+    parameters: pb::GenerationParameters,
+) -> String {
+    let parameters = pb::GenerationParameters { return_full_text: Some(false), ..parameters };
+    let answer = grpc
+        .generate(pb::GenerateRequest {
+            model: "gen".into(),
+            inputs: vec![prompt.into()],
+            parameters: Some(parameters),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    answer.results[0].sequences[0].text.clone()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn completions_and_chat_through_the_openai_client_equal_grpc_and_transformers() {
+    let mut settings = settings();
+    let model = |name: &str, fixture: &str| ModelSettings {
+        name: name.into(),
+        task: Task::TextGeneration,
+        path: fixture_model(fixture),
+        dtype: None,
+    };
+    settings.models.push(model("gen", "generation/gpt2"));
+    settings.models.push(model("chat", "chat/llama-chat"));
+    let reference: Value = serde_json::from_str(
+        &std::fs::read_to_string(fixture_model("chat/llama-chat").join("reference.json")).unwrap(),
+    )
+    .unwrap();
+    let chats = reference["chat"].as_array().unwrap();
+    let conversations: Vec<&Value> = chats.iter().map(|c| &c["messages"]).collect();
+    let server = start_ready(settings).await;
+    let base_url = format!("http://{}/v1", server.http_addr.expect("the HTTP API is on"));
+    let python = venv_python(&["openai"]);
+    let script =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/openai/generation_calls.py");
+    let conversations = serde_json::to_string(&conversations).unwrap();
+    let output = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(python)
+            .arg(script)
+            .args([&base_url, "gen", "chat", &conversations])
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let out: Value = serde_json::from_slice(&output.stdout).unwrap();
+
+    let mut grpc = InferenceClient::new(server.channel().await);
+    let prompt = "O rato roeu a roupa do rei de Roma";
+    let greedy = pb::GenerationParameters {
+        max_new_tokens: Some(12),
+        do_sample: Some(false),
+        ..Default::default()
+    };
+    let expected = grpc_generate(&mut grpc, prompt, greedy.clone()).await;
+    assert_eq!(texts_of(&out["greedy"]["texts"]), [expected.as_str()]);
+    assert_eq!(out["greedy"]["object"], "text_completion");
+    assert!(out["greedy"]["id"].as_str().unwrap().starts_with("cmpl-"));
+    let usage = &out["greedy"]["usage"];
+    assert_eq!(
+        usage["total_tokens"],
+        usage["prompt_tokens"].as_u64().unwrap() + usage["completion_tokens"].as_u64().unwrap()
+    );
+
+    // Two prompts with n = 2: indices in order, each prompt's greedy text twice.
+    let second = grpc_generate(&mut grpc, "Ação e coração", greedy.clone()).await;
+    let list = &out["greedy_list"];
+    assert_eq!(list["indices"], serde_json::json!([0, 1, 2, 3]));
+    assert_eq!(
+        texts_of(&list["texts"]),
+        [expected.clone(), expected.clone(), second.clone(), second]
+    );
+
+    // Streamed: the pieces join to the same text; the usage chunk counts as the whole call.
+    let stream = &out["greedy_stream"];
+    assert_eq!(texts_of(&stream["texts"]), [expected.as_str()]);
+    assert_eq!(stream["usage"], out["greedy"]["usage"]);
+    assert_eq!(stream["ids"], 1, "one id for every chunk");
+    assert_eq!(stream["finish"], out["greedy"]["finish"]);
+
+    let wire = &out["wire"];
+    assert_eq!(wire["content_type"], "text/event-stream");
+    let lines = texts_of(&wire["lines"]);
+    assert_eq!(lines.last().unwrap(), "data: [DONE]");
+    assert!(lines.iter().all(|l| l.starts_with("data: ")), "{lines:?}");
+    assert_eq!(lines.len(), 3 + 1 + 1, "a chunk per token, the finish, [DONE]: {lines:?}");
+
+    // A stop string is cut out, whole or streamed, and the reason is "stop".
+    let stop = out["stop"]["stop"].as_str().unwrap();
+    let cut = &expected[..expected.find(stop).unwrap()];
+    for way in ["whole", "stream"] {
+        assert_eq!(texts_of(&out["stop"][way]["texts"]), [cut], "{way}, stop {stop:?}");
+        assert_eq!(out["stop"][way]["finish"], serde_json::json!(["stop"]), "{way}");
+    }
+
+    let echo = texts_of(&out["echo"]["texts"]);
+    let four = grpc_generate(
+        &mut grpc,
+        prompt,
+        pb::GenerationParameters { max_new_tokens: Some(4), ..greedy.clone() },
+    )
+    .await;
+    assert_eq!(echo, [format!("{prompt}{four}")]);
+
+    // A seed repeats every choice, streamed or not; another seed gives other choices.
+    let seeded = texts_of(&out["seeded"][0]["texts"]);
+    assert_eq!(seeded.len(), 3);
+    assert_eq!(texts_of(&out["seeded"][1]["texts"]), seeded);
+    assert_eq!(texts_of(&out["seeded_stream"]["texts"]), seeded);
+    assert_ne!(texts_of(&out["other_seed"]["texts"]), seeded);
+    assert_eq!(texts_of(&out["unseeded_n"]["texts"]).len(), 4);
+
+    // The penalties reach the engine as gRPC's do.
+    let penalised = pb::GenerationParameters {
+        presence_penalty: Some(2.0),
+        frequency_penalty: Some(2.0),
+        ..greedy.clone()
+    };
+    let expected_penalised = grpc_generate(&mut grpc, prompt, penalised).await;
+    assert_eq!(texts_of(&out["penalised"]["texts"]), [expected_penalised.as_str()]);
+    assert_ne!(expected_penalised, expected, "the penalties change this greedy answer");
+
+    // Chat: the prompt and greedy answer of transformers on the same weights.
+    for (i, chat) in chats.iter().enumerate() {
+        let name = &chat["name"];
+        for (way, answer) in [("whole", &out["chat"][i]), ("stream", &out["chat_stream"][i])] {
+            assert_eq!(
+                texts_of(&answer["texts"]),
+                [chat["new_text"].as_str().unwrap()],
+                "{name} {way}"
+            );
+            assert_eq!(answer["finish"], serde_json::json!([chat["finish"]]), "{name} {way}");
+            let usage = &answer["usage"];
+            assert_eq!(
+                usage["prompt_tokens"],
+                chat["prompt_ids"].as_array().unwrap().len(),
+                "{name} {way}"
+            );
+            let new_ids = chat["new_ids"].as_array().unwrap().len();
+            assert_eq!(usage["completion_tokens"], new_ids, "{name} {way}");
+        }
+        assert_eq!(out["chat"][i]["roles"], serde_json::json!(["assistant"]));
+        assert_eq!(out["chat"][i]["object"], "chat.completion");
+    }
+    assert_eq!(out["chat_stream"][0]["objects"], serde_json::json!(["chat.completion.chunk"]));
+    assert_eq!(texts_of(&out["chat_n"]["texts"]).len(), 2);
+
+    let error = |name: &str| &out["errors"][name];
+    let shape = |e: &Value, status: u64, param: Option<&str>| {
+        assert_eq!(e["status"], status, "{e}");
+        assert_eq!(e["error"]["type"], "invalid_request_error", "{e}");
+        assert_eq!(e["error"]["param"].as_str(), param, "{e}");
+        e["error"]["message"].as_str().unwrap().to_string()
+    };
+    assert!(
+        shape(error("no_template"), 400, Some("model"))
+            .starts_with("model `gen`: the model has no chat template"),
+        "{}",
+        error("no_template")
+    );
+    assert_eq!(
+        shape(error("wrong_task_chat"), 400, Some("model")),
+        "model `embed` serves feature-extraction, not text-generation"
+    );
+    assert_eq!(shape(error("empty_messages"), 400, Some("messages")), "`messages` is empty");
+    assert_eq!(
+        shape(error("bad_temperature"), 400, Some("temperature")),
+        "`temperature` must be a number between 0 and 2, not 5"
+    );
+    assert_eq!(
+        shape(error("bad_n"), 400, Some("n")),
+        "`n` must be an integer from 1 to 128, not 0"
+    );
+    assert!(shape(error("token_prompt"), 400, Some("prompt")).contains("token ids"));
+    assert!(
+        shape(error("too_long"), 400, None).contains("max_new_tokens (100000)"),
+        "{}",
+        error("too_long")
+    );
+    assert!(
+        shape(error("stream_too_long"), 400, Some("prompt"))
+            .contains("more than the model's context"),
+        "{}",
+        error("stream_too_long")
+    );
+    assert!(shape(error("logit_bias"), 400, Some("logit_bias")).contains("not supported"));
+    assert!(shape(error("tools"), 400, Some("tools")).contains("not supported"));
+    assert_eq!(
+        shape(error("unknown_field"), 400, Some("temprature")),
+        "unknown field `temprature`"
+    );
+    assert!(
+        shape(error("image_part"), 400, Some("messages")).starts_with("`messages[0].content[0]`")
+    );
+
+    // The worker still answers after every refusal.
+    assert_eq!(grpc_generate(&mut grpc, prompt, greedy).await, expected);
+}

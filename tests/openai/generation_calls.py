@@ -1,0 +1,150 @@
+"""The completion and chat calls tests/it/openai_http.rs makes with the official `openai`
+client: plain, streamed, n > 1, seeded, stop strings, echo, and the bad inputs; one JSON object
+with each answer or error on stdout.
+
+Usage: python tests/openai/generation_calls.py BASE_URL GEN_MODEL CHAT_MODEL MESSAGES_JSON
+
+MESSAGES_JSON is a list of conversations (lists of messages) to chat with greedily.
+"""
+
+import json
+import sys
+import urllib.request
+
+import openai
+
+base_url, gen_model, chat_model, conversations = sys.argv[1:5]
+conversations = json.loads(conversations)
+client = openai.OpenAI(base_url=base_url, api_key="not-needed-on-loopback", max_retries=0)
+out = {}
+prompt = "O rato roeu a roupa do rei de Roma"
+
+
+def completion(c):
+    return {
+        "texts": [choice.text for choice in c.choices],
+        "indices": [choice.index for choice in c.choices],
+        "finish": [choice.finish_reason for choice in c.choices],
+        "usage": c.usage.model_dump() if c.usage else None,
+        "object": c.object,
+        "id": c.id,
+    }
+
+
+def streamed(chunks, chat=False):
+    """The streamed choices joined by index, with their finish reasons and the usage chunk."""
+    texts, finish, usage, objects, ids = {}, {}, None, set(), set()
+    for chunk in chunks:
+        objects.add(chunk.object)
+        ids.add(chunk.id)
+        if chunk.usage is not None:
+            usage = chunk.usage.model_dump()
+        for choice in chunk.choices:
+            piece = (choice.delta.content or "") if chat else choice.text
+            texts[choice.index] = texts.get(choice.index, "") + piece
+            if choice.finish_reason is not None:
+                finish[choice.index] = choice.finish_reason
+    order = sorted(texts)
+    return {"texts": [texts[i] for i in order], "finish": [finish.get(i) for i in order],
+            "usage": usage, "objects": sorted(objects), "ids": len(ids)}
+
+
+out["greedy"] = completion(client.completions.create(
+    model=gen_model, prompt=prompt, max_tokens=12, temperature=0))
+out["greedy_list"] = completion(client.completions.create(
+    model=gen_model, prompt=[prompt, "Ação e coração"], max_tokens=12, temperature=0, n=2))
+out["greedy_stream"] = streamed(client.completions.create(
+    model=gen_model, prompt=prompt, max_tokens=12, temperature=0, stream=True,
+    stream_options={"include_usage": True}))
+# A stop string from the middle of the greedy text: the answer ends before its first place.
+greedy_text = out["greedy"]["texts"][0]
+stop = greedy_text[len(greedy_text) // 2:len(greedy_text) // 2 + 2]
+out["stop"] = {
+    "stop": stop,
+    "whole": completion(client.completions.create(
+        model=gen_model, prompt=prompt, max_tokens=12, temperature=0, stop=[stop, "\u0000"])),
+    "stream": streamed(client.completions.create(
+        model=gen_model, prompt=prompt, max_tokens=12, temperature=0, stop=stop, stream=True)),
+}
+out["echo"] = completion(client.completions.create(
+    model=gen_model, prompt=prompt, max_tokens=4, temperature=0, echo=True))
+seeded = dict(model=gen_model, prompt=prompt, max_tokens=10, temperature=0.9, n=3, seed=1234)
+out["seeded"] = [completion(client.completions.create(**seeded)) for _ in range(2)]
+out["seeded_stream"] = streamed(client.completions.create(**seeded, stream=True))
+out["other_seed"] = completion(client.completions.create(**{**seeded, "seed": 99}))
+out["unseeded_n"] = completion(client.completions.create(
+    model=gen_model, prompt=prompt, max_tokens=6, n=4))
+out["penalised"] = completion(client.completions.create(
+    model=gen_model, prompt=prompt, max_tokens=12, temperature=0, frequency_penalty=2.0,
+    presence_penalty=2.0))
+
+# The wire itself, as curl sees it: server-sent events, each `data: {json}`, then `data: [DONE]`.
+request = urllib.request.Request(
+    base_url + "/completions", headers={"Content-Type": "application/json"},
+    data=json.dumps({"model": gen_model, "prompt": prompt, "max_tokens": 3, "temperature": 0,
+                     "stream": True}).encode())
+with urllib.request.urlopen(request) as response:
+    out["wire"] = {"content_type": response.headers["Content-Type"],
+                   "lines": [line for line in response.read().decode().split("\n") if line]}
+
+
+def chat(messages, **kwargs):
+    c = client.chat.completions.create(model=chat_model, messages=messages, **kwargs)
+    return {"texts": [choice.message.content for choice in c.choices],
+            "roles": [choice.message.role for choice in c.choices],
+            "finish": [choice.finish_reason for choice in c.choices],
+            "usage": c.usage.model_dump(), "object": c.object}
+
+
+out["chat"] = [chat(messages, max_tokens=12, temperature=0) for messages in conversations]
+out["chat_stream"] = [
+    streamed(client.chat.completions.create(model=chat_model, messages=messages, max_tokens=12,
+                                            temperature=0, stream=True,
+                                            stream_options={"include_usage": True}), chat=True)
+    for messages in conversations
+]
+out["chat_n"] = chat(conversations[0], max_completion_tokens=6, n=2, seed=7)
+
+
+def error_of(call):
+    try:
+        call()
+    except openai.APIStatusError as e:
+        body = e.body if isinstance(e.body, dict) else {}
+        return {"status": e.status_code, "error": body}
+    return None
+
+
+def stream_error_of(call):
+    """A stream that fails before its first event is an HTTP error, as any call."""
+    return error_of(lambda: list(call()))
+
+
+out["errors"] = {
+    "no_template": error_of(lambda: client.chat.completions.create(
+        model=gen_model, messages=[{"role": "user", "content": "Olá"}])),
+    "wrong_task_chat": error_of(lambda: client.chat.completions.create(
+        model="embed", messages=[{"role": "user", "content": "Olá"}])),
+    "empty_messages": error_of(lambda: client.chat.completions.create(
+        model=chat_model, messages=[])),
+    "bad_temperature": error_of(lambda: client.completions.create(
+        model=gen_model, prompt=prompt, temperature=5)),
+    "bad_n": error_of(lambda: client.completions.create(model=gen_model, prompt=prompt, n=0)),
+    "token_prompt": error_of(lambda: client.completions.create(
+        model=gen_model, prompt=[1, 2, 3])),
+    "too_long": error_of(lambda: client.completions.create(
+        model=gen_model, prompt=prompt, max_tokens=100000)),
+    "stream_too_long": stream_error_of(lambda: client.completions.create(
+        model=gen_model, prompt=prompt * 40, max_tokens=100, stream=True)),
+    "logit_bias": error_of(lambda: client.completions.create(
+        model=gen_model, prompt=prompt, logit_bias={"5": 10})),
+    "tools": error_of(lambda: client.chat.completions.create(
+        model=chat_model, messages=[{"role": "user", "content": "Olá"}],
+        tools=[{"type": "function", "function": {"name": "f", "parameters": {}}}])),
+    "unknown_field": error_of(lambda: client.completions.create(
+        model=gen_model, prompt=prompt, extra_body={"temprature": 1})),
+    "image_part": error_of(lambda: client.chat.completions.create(
+        model=chat_model, messages=[{"role": "user", "content": [
+            {"type": "image_url", "image_url": {"url": "http://x/y.png"}}]}])),
+}
+print(json.dumps(out))
