@@ -50,6 +50,37 @@ pub struct InferArgs {
     pub cert: Option<PathBuf>,
     #[arg(long, requires = "cert")]
     pub key: Option<PathBuf>,
+    /// The API key, for a worker with server.auth on.
+    #[arg(long, env = "LOTE_API_KEY", hide_env_values = true)]
+    pub api_key: Option<String>,
+}
+
+/// Sends `Authorization: Bearer KEY` with every call when there is a key.
+#[derive(Debug, Clone)]
+pub struct BearerKey(Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>);
+
+impl BearerKey {
+    pub fn new(key: Option<&str>) -> Result<Self, ClientError> {
+        key.map(|key| {
+            format!("Bearer {key}")
+                .parse()
+                .map_err(|_| ClientError::Usage("the API key must be printable ASCII".into()))
+        })
+        .transpose()
+        .map(Self)
+    }
+}
+
+impl tonic::service::Interceptor for BearerKey {
+    fn call(
+        &mut self,
+        mut request: tonic::Request<()>,
+    ) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(value) = &self.0 {
+            request.metadata_mut().insert("authorization", value.clone());
+        }
+        Ok(request)
+    }
 }
 
 /// Why a client command failed (`lote infer`, and the job commands).
@@ -69,7 +100,8 @@ pub enum ClientError {
 pub async fn infer(args: &InferArgs) -> Result<(), ClientError> {
     let request = request_json(args)?;
     let channel = connect(args).await?;
-    let mut client = InferenceClient::new(channel)
+    let key = BearerKey::new(args.api_key.as_deref())?;
+    let mut client = InferenceClient::with_interceptor(channel, key)
         .max_decoding_message_size(usize::MAX)
         .max_encoding_message_size(usize::MAX);
     macro_rules! unary {

@@ -8,10 +8,10 @@ use std::{
 };
 
 use serde_json::{Map, Value};
-use tonic::transport::Channel;
+use tonic::{service::interceptor::InterceptedService, transport::Channel};
 
 use crate::{
-    client::ClientError,
+    client::{BearerKey, ClientError},
     grpc::pb::{self, jobs_client::JobsClient},
 };
 
@@ -20,7 +20,12 @@ pub struct Target {
     /// The worker: http://HOST:PORT.
     #[arg(long, default_value = "http://127.0.0.1:50051")]
     pub addr: String,
+    /// The API key, for a worker with server.auth on.
+    #[arg(long, env = "LOTE_API_KEY", hide_env_values = true)]
+    pub api_key: Option<String>,
 }
+
+type Client = JobsClient<InterceptedService<Channel, BearerKey>>;
 
 #[derive(Debug, clap::Args)]
 pub struct SubmitArgs {
@@ -97,14 +102,15 @@ fn io_error(path: &std::path::Path, source: std::io::Error) -> JobsCliError {
     JobsCliError::Client(ClientError::Io { path: path.to_path_buf(), source })
 }
 
-async fn client(target: &Target) -> Result<JobsClient<Channel>, JobsCliError> {
+async fn client(target: &Target) -> Result<Client, JobsCliError> {
+    let key = BearerKey::new(target.api_key.as_deref())?;
     let connect = |source| ClientError::Connect { addr: target.addr.clone(), source };
     let channel = Channel::from_shared(target.addr.clone())
         .map_err(|e| usage(e.to_string()))?
         .connect()
         .await
         .map_err(connect)?;
-    Ok(JobsClient::new(channel).max_decoding_message_size(usize::MAX))
+    Ok(JobsClient::with_interceptor(channel, key).max_decoding_message_size(usize::MAX))
 }
 
 /// The documents of a JSONL file.

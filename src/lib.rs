@@ -5,6 +5,7 @@
 //! The library holds everything; the `lote` binary is a thin command line over it, so tests can
 //! start the real server in-process with [`run`] or [`Server::bind`] on port 0.
 
+pub mod auth;
 pub mod cli;
 pub mod client;
 pub mod device;

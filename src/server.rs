@@ -21,6 +21,7 @@ use tonic::transport::{Certificate, Identity, ServerTlsConfig};
 use crate::jobs::store::JobStore;
 
 use crate::{
+    auth::{ApiKeys, GrpcAuthLayer},
     device::{DeviceError, Placement, libtorch_version},
     engine::{
         cpu_pool::CpuPool,
@@ -52,6 +53,8 @@ pub enum StartError {
     TlsFile { what: &'static str, path: std::path::PathBuf, source: io::Error },
     #[error("store.url: {0}")]
     Store(#[from] crate::jobs::store::StoreError),
+    #[error(transparent)]
+    Auth(#[from] crate::auth::AuthError),
 }
 
 /// Why a running server failed.
@@ -83,6 +86,8 @@ pub struct Server {
     http: Option<TcpListener>,
     tls: Option<ServerTlsConfig>,
     store: JobStore,
+    /// None: no API keys asked for.
+    keys: Option<ApiKeys>,
 }
 
 /// Binds and serves until `shutdown` resolves and in-flight calls have finished.
@@ -98,6 +103,7 @@ impl Server {
     pub async fn bind(settings: Settings) -> Result<Self, StartError> {
         let placement = Placement::resolve(&settings.device)?;
         let tls = tls_config(&settings.server.tls)?;
+        let keys = settings.server.auth.api_keys_file.as_deref().map(ApiKeys::load).transpose()?;
         let store = JobStore::connect(&settings.store.url).await?;
         let grpc = listen("gRPC", settings.server.grpc_addr).await?;
         let metrics = match settings.server.metrics_addr {
@@ -108,7 +114,14 @@ impl Server {
             Some(addr) => Some(listen("HTTP", addr).await?),
             None => None,
         };
-        Ok(Self { settings, placement, grpc, metrics, http, tls, store })
+        let open_beyond_loopback = [Some(settings.server.grpc_addr), settings.server.http_addr]
+            .into_iter()
+            .flatten()
+            .any(|addr| !addr.ip().is_loopback());
+        if keys.is_none() && open_beyond_loopback {
+            warn!("listening beyond loopback without API keys: set server.auth.api_keys_file");
+        }
+        Ok(Self { settings, placement, grpc, metrics, http, tls, store, keys })
     }
 
     /// The address gRPC listens on (the real port when the settings asked for port 0).
@@ -205,6 +218,7 @@ impl Server {
             let state = Arc::new(crate::http::HttpState {
                 registry: registry.clone(),
                 limits: limits.clone(),
+                keys: self.keys.clone(),
                 started: std::time::SystemTime::now()
                     .duration_since(std::time::UNIX_EPOCH)
                     .map_or(0, |d| d.as_secs()),
@@ -259,6 +273,7 @@ impl Server {
         }
         let serving = builder
             .max_concurrent_streams(Some(limits.max_concurrent_streams))
+            .layer(GrpcAuthLayer::new(self.keys.clone()))
             .layer(tower::util::MapResponseLayer::new(rewrite_transport_status(
                 limits.max_message_bytes,
             )))

@@ -35,6 +35,17 @@ impl ApiError {
         }
     }
 
+    /// OpenAI's answer to a missing or wrong key.
+    pub fn unauthorized(refusal: crate::auth::Refusal) -> Self {
+        Self {
+            status: StatusCode::UNAUTHORIZED,
+            message: refusal.message().into(),
+            kind: "invalid_request_error",
+            param: None,
+            code: Some("invalid_api_key"),
+        }
+    }
+
     pub fn not_found(message: impl Into<String>) -> Self {
         Self {
             status: StatusCode::NOT_FOUND,

@@ -23,6 +23,7 @@ use tokio::net::TcpListener;
 use error::ApiError;
 
 use crate::{
+    auth::ApiKeys,
     engine::{
         encoder::EncoderService,
         generation::GenerationService,
@@ -37,6 +38,8 @@ pub struct HttpState {
     pub limits: LimitSettings,
     /// Unix seconds the worker started: the `created` of every model.
     pub started: u64,
+    /// None: calls need no key.
+    pub keys: Option<ApiKeys>,
 }
 
 pub fn router(state: Arc<HttpState>) -> Router {
@@ -49,8 +52,24 @@ pub fn router(state: Arc<HttpState>) -> Router {
         .route("/v1/chat/completions", post(chat::create))
         .route("/v1/rerank", post(rerank::create))
         .fallback(error::unknown_route)
+        .layer(axum::middleware::from_fn_with_state(state.clone(), authorize))
         .layer(axum::extract::DefaultBodyLimit::max(body_limit))
         .with_state(state)
+}
+
+/// Refuses a call without one of the API keys (when keys are asked for) with OpenAI's 401.
+async fn authorize(
+    axum::extract::State(state): axum::extract::State<Arc<HttpState>>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    if let Some(keys) = &state.keys {
+        let header = request.headers().get(axum::http::header::AUTHORIZATION);
+        if let Err(refusal) = keys.check(header.map(|v| v.as_bytes())) {
+            return axum::response::IntoResponse::into_response(ApiError::unauthorized(refusal));
+        }
+    }
+    next.run(request).await
 }
 
 /// OpenAI's `usage` of a call that only reads its input.

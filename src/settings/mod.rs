@@ -106,6 +106,18 @@ pub struct ServerSettings {
     pub shutdown_timeout: Duration,
     pub limits: LimitSettings,
     pub tls: TlsSettings,
+    pub auth: AuthSettings,
+}
+
+/// API keys, off unless `api_keys_file` is set. With it, every HTTP route and every gRPC call
+/// but health needs `Authorization: Bearer KEY` for a key whose sha256 the file lists.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthSettings {
+    /// One lowercase or uppercase hex sha256 of a key a line (`printf %s KEY | sha256sum`);
+    /// blank lines and `#` comments are skipped. Keys themselves are never stored or logged.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub api_keys_file: Option<PathBuf>,
 }
 
 /// TLS for gRPC, off unless `cert` is set. With `client_ca`, clients must present a certificate
@@ -281,6 +293,7 @@ impl Default for ServerSettings {
             shutdown_timeout: Duration::from_secs(30),
             limits: LimitSettings::default(),
             tls: TlsSettings::default(),
+            auth: AuthSettings::default(),
         }
     }
 }

@@ -126,6 +126,8 @@ pub struct ServeProcess {
     pub child: Child,
     pub grpc_addr: SocketAddr,
     pub metrics_addr: SocketAddr,
+    /// The OpenAI-compatible HTTP API, when it is on.
+    pub http_addr: Option<SocketAddr>,
     pub stderr: mpsc::Receiver<String>,
 }
 
@@ -146,17 +148,18 @@ impl ServeProcess {
                 }
             }
         });
-        let (grpc_addr, metrics_addr) = loop {
+        let (grpc_addr, metrics_addr, http_addr) = loop {
             let line = lines
                 .recv_timeout(Duration::from_secs(60))
                 .expect("lote logs `serving` within 60 s");
             let Ok(event) = serde_json::from_str::<serde_json::Value>(&line) else { continue };
             if event["message"] == "serving" {
                 let addr = |key: &str| event[key].as_str().unwrap().parse().unwrap();
-                break (addr("grpc_addr"), addr("metrics_addr"));
+                let http = event["http_addr"].as_str().and_then(|a| a.parse().ok());
+                break (addr("grpc_addr"), addr("metrics_addr"), http);
             }
         };
-        Self { child, grpc_addr, metrics_addr, stderr: lines }
+        Self { child, grpc_addr, metrics_addr, http_addr, stderr: lines }
     }
 }
 

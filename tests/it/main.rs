@@ -8,6 +8,7 @@
 #[path = "../common/mod.rs"]
 mod common;
 
+mod auth;
 mod bench_smoke;
 mod binary;
 mod chat_templates;
