@@ -18,7 +18,7 @@ use super::{
     scheduler::{GenerationRequest, Scheduler},
 };
 use crate::{
-    generation::stream::TextStream,
+    generation::{TokenLogprob, stream::TextStream},
     tasks::{
         TaskError, TaskInput,
         generate::{
@@ -44,6 +44,8 @@ pub enum StreamEvent {
     Token {
         token: u32,
         text: String,
+        /// When the config asks for log-probabilities.
+        logprob: Option<TokenLogprob>,
     },
     /// `rest` is text held back until the end (an incomplete character).
     Finished {
@@ -66,6 +68,7 @@ struct Admit {
 /// One generation's outcome from the scheduler, with its times.
 struct Sequences {
     sequences: Vec<Vec<i64>>,
+    logprobs: Option<Vec<Vec<TokenLogprob>>>,
     queued: Duration,
     computed: Duration,
 }
@@ -212,9 +215,14 @@ impl GenerationService {
         report.queue = report.queue.max(sequences.queued);
         report.inference += sequences.computed;
         let started = Instant::now();
+        let logprobs = sequences.logprobs;
         let generation = self.decode(prompt, sequences.sequences, &params).await?;
         report.tokenize += started.elapsed();
-        let result = generation.map(|generation| {
+        let result = generation.map(|mut generation| {
+            generation.logprobs = logprobs.map(|rows| {
+                let kept = rows.into_iter().zip(&generation.output_tokens);
+                kept.map(|(steps, &n)| steps.into_iter().take(n).collect()).collect()
+            });
             report.output_tokens += generation.output_tokens.iter().sum::<usize>();
             GenerationResult { generation, input_tokens, truncated }
         });
@@ -238,7 +246,7 @@ impl GenerationService {
         prompt: Vec<u32>,
         params: &GenerationParams,
         admit: Admit,
-        tokens: Option<mpsc::UnboundedSender<i64>>,
+        tokens: Option<mpsc::UnboundedSender<(i64, Option<TokenLogprob>)>>,
     ) -> Result<Result<Sequences, TaskError>, EngineError> {
         let Admit { lane, deadline, alone } = admit;
         let (config, max_length) = match self.pipeline.request_config(prompt.len(), params) {
@@ -262,6 +270,7 @@ impl GenerationService {
         match answer.await {
             Ok(Ok(generated)) => Ok(Ok(Sequences {
                 sequences: generated.sequences,
+                logprobs: generated.logprobs,
                 queued: generated.queued,
                 computed: generated.computed,
             })),
@@ -324,9 +333,9 @@ impl GenerationService {
             let outcome = loop {
                 tokio::select! {
                     outcome = &mut generation => break outcome,
-                    Some(token) = tokens.recv() => {
+                    Some((token, logprob)) = tokens.recv() => {
                         let piece = text.push(token as u32).unwrap_or_default();
-                        let event = StreamEvent::Token { token: token as u32, text: piece };
+                        let event = StreamEvent::Token { token: token as u32, text: piece, logprob };
                         if events.send(event).await.is_err() {
                             return; // the caller left: dropping `tokens` stops the generation
                         }
@@ -334,9 +343,10 @@ impl GenerationService {
                 }
             };
             // Tokens sent just before the end.
-            while let Ok(token) = tokens.try_recv() {
+            while let Ok((token, logprob)) = tokens.try_recv() {
                 let piece = text.push(token as u32).unwrap_or_default();
-                let _ = events.send(StreamEvent::Token { token: token as u32, text: piece }).await;
+                let event = StreamEvent::Token { token: token as u32, text: piece, logprob };
+                let _ = events.send(event).await;
             }
             let last = match outcome {
                 Ok(Ok(sequences)) => {

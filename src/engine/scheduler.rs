@@ -27,7 +27,7 @@ use super::{
     policy::{BatchQueue, Decision, Entry, Lane, Policy},
 };
 use crate::generation::{
-    DecoderStep, GenerateConfig,
+    DecoderStep, GenerateConfig, TokenLogprob,
     search::{Search, StopCheck},
 };
 
@@ -69,8 +69,9 @@ pub struct GenerationRequest {
     pub deadline: Option<Instant>,
     /// Runs with no other generation beside it (a redelivered job document).
     pub alone: bool,
-    /// Each new token of the single sequence, as it is chosen (streaming).
-    pub tokens: Option<tokio_mpsc::UnboundedSender<i64>>,
+    /// Each new token of the single sequence, as it is chosen (streaming), with its
+    /// log-probabilities when the config asks for them.
+    pub tokens: Option<tokio_mpsc::UnboundedSender<(i64, Option<TokenLogprob>)>>,
     pub reply: oneshot::Sender<Result<Generated, BatchError>>,
 }
 
@@ -79,6 +80,8 @@ pub struct GenerationRequest {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Generated {
     pub sequences: Vec<Vec<i64>>,
+    /// Each sequence's steps' log-probabilities, when the config asked for them.
+    pub logprobs: Option<Vec<Vec<TokenLogprob>>>,
     pub queued: Duration,
     pub computed: Duration,
 }
@@ -620,8 +623,12 @@ impl Group {
     /// reorder shifted to where its rows sit in the batch), or None when it is finished.
     fn take(&mut self, advance: crate::generation::search::Advance, offset: i64) -> Option<Tensor> {
         if let Some(tokens) = &self.request.tokens {
-            for (_, token) in advance.emitted.iter().filter(|(row, _)| *row == 0) {
-                let _ = tokens.send(*token);
+            let mut logprobs = advance.emitted_logprobs.into_iter();
+            for (row, token) in advance.emitted.iter() {
+                let logprob = logprobs.next();
+                if *row == 0 {
+                    let _ = tokens.send((*token, logprob));
+                }
             }
         }
         let feed = advance.feed?;
@@ -640,10 +647,12 @@ impl Group {
         let computed = self.joined.elapsed();
         let queued = self.joined.saturating_duration_since(self.enqueued);
         let start_len = self.start_len;
-        let sequences = self.search.finish().sequences.to_device(Device::Cpu);
+        let finished = self.search.finish();
+        let sequences = finished.sequences.to_device(Device::Cpu);
         let reply = match Vec::<Vec<i64>>::try_from(sequences) {
             Ok(rows) => Ok(Generated {
                 sequences: rows.into_iter().map(|row| row[start_len..].to_vec()).collect(),
+                logprobs: finished.logprobs,
                 queued,
                 computed,
             }),
@@ -756,7 +765,7 @@ mod tests {
         let (tokens, mut streamed) = tokio_mpsc::unbounded_channel();
         long.tokens = Some(tokens);
         scheduler.submit(long).unwrap();
-        assert_eq!(streamed.recv().await, Some(2));
+        assert_eq!(streamed.recv().await, Some((2, None)));
         let (short, short_answer) = request(20, 3);
         scheduler.submit(short).unwrap();
         let short = short_answer.await.unwrap().unwrap();
@@ -782,7 +791,7 @@ mod tests {
         let (tokens, mut streamed) = tokio_mpsc::unbounded_channel();
         gone.tokens = Some(tokens);
         scheduler.submit(gone).unwrap();
-        assert_eq!(streamed.recv().await, Some(2));
+        assert_eq!(streamed.recv().await, Some((2, None)));
         drop((streamed, gone_answer));
         let (after, answer) = request(30, 2);
         scheduler.submit(after).unwrap();
@@ -822,7 +831,7 @@ mod tests {
         let (tokens, mut streamed) = tokio_mpsc::unbounded_channel();
         long.tokens = Some(tokens);
         scheduler.submit(long).unwrap();
-        assert_eq!(streamed.recv().await, Some(2));
+        assert_eq!(streamed.recv().await, Some((2, None)));
         let (broken, broken_answer) = request(99, 3);
         scheduler.submit(broken).unwrap();
         let failed = broken_answer.await.unwrap();

@@ -95,6 +95,18 @@ pub struct GenerateConfig {
     pub eos_token_ids: Vec<i64>,
     pub pad_token_id: Option<i64>,
     pub seed: Option<u64>,
+    /// Record each chosen token's log-probability and this many alternatives (greedy and
+    /// sampled search; OpenAI's `logprobs`). Not a transformers setting: set by the HTTP API.
+    pub logprobs: Option<usize>,
+}
+
+/// A chosen token's log-probability under the model (log-softmax of its logits, before any
+/// processor, as vLLM reports them) and the most likely tokens of that step with theirs.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TokenLogprob {
+    pub token: u32,
+    pub logprob: f32,
+    pub top: Vec<(u32, f32)>,
 }
 
 impl Default for GenerateConfig {
@@ -125,6 +137,7 @@ impl Default for GenerateConfig {
             eos_token_ids: Vec::new(),
             pad_token_id: None,
             seed: None,
+            logprobs: None,
         }
     }
 }

@@ -5,13 +5,15 @@
 
 use tch::{Device, Kind, Tensor};
 
-use super::{DecoderStep, GenerateConfig, processors::Processors};
+use super::{DecoderStep, GenerateConfig, TokenLogprob, processors::Processors};
 
 /// The finished sequences: `num_return_sequences` per input, start sequence included, padded
 /// with the pad token to one length; beam search also gives each one's score.
 pub struct Generated {
     pub sequences: Tensor,
     pub scores: Option<Tensor>,
+    /// Per row, each generated step's log-probabilities, when the config asked for them.
+    pub logprobs: Option<Vec<Vec<TokenLogprob>>>,
 }
 
 /// Called with (row, token) for each token a greedy or sampled row produces, as it is produced.
@@ -79,6 +81,8 @@ pub struct Advance {
     pub reorder: Option<Tensor>,
     /// (row, token) of each still-running greedy or sampled row, for streaming.
     pub emitted: Vec<(usize, i64)>,
+    /// Each emitted token's log-probabilities, beside `emitted`, when the config asks.
+    pub emitted_logprobs: Vec<TokenLogprob>,
 }
 
 /// One generation's search, advanced one decoder step at a time.
@@ -140,7 +144,10 @@ impl Search {
     /// The finished sequences.
     pub fn finish(self) -> Generated {
         match self {
-            Search::Sample(s) => Generated { sequences: s.ids, scores: None },
+            Search::Sample(s) => {
+                let logprobs = s.logprobs.map(|steps| steps.into_rows());
+                Generated { sequences: s.ids, scores: None, logprobs }
+            }
             Search::Beam(b) => b.finish(),
         }
     }
@@ -172,6 +179,61 @@ pub struct SampleSearch {
     eos: Option<Tensor>,
     pad: i64,
     unfinished: Tensor,
+    logprobs: Option<LogprobSteps>,
+}
+
+type LogprobStep = (Tensor, Tensor, Tensor, Tensor);
+
+/// The log-probabilities of every step of a greedy or sampled search, kept on the device
+/// until the end.
+struct LogprobSteps {
+    top: usize,
+    /// Per step: the chosen tokens and their log-probabilities `[rows]`, the top values and
+    /// ids `[rows, top]`.
+    steps: Vec<LogprobStep>,
+}
+
+impl LogprobSteps {
+    /// One step's log-probabilities for the tokens `next` `[rows]` chosen from `logits`.
+    fn record(&mut self, log_probs: &Tensor, next: &Tensor) -> &LogprobStep {
+        let chosen = log_probs.gather(1, &next.unsqueeze(1), false).squeeze_dim(1);
+        let k = (self.top as i64).min(log_probs.size()[1]);
+        let (values, ids) = log_probs.topk(k, -1, true, true);
+        self.steps.push((next.shallow_clone(), chosen, values, ids));
+        self.steps.last().expect("just pushed")
+    }
+
+    /// Every row of one step, read back to the host at once.
+    fn to_host(step: &LogprobStep) -> Vec<TokenLogprob> {
+        let (tokens, chosen, values, ids) = step;
+        let host = |t: &Tensor| t.to_device(Device::Cpu).reshape([-1]);
+        let tokens = Vec::<i64>::try_from(host(tokens)).unwrap_or_default();
+        let chosen = Vec::<f32>::try_from(host(chosen)).unwrap_or_default();
+        let k = values.size()[1] as usize;
+        let values = Vec::<f32>::try_from(host(values)).unwrap_or_default();
+        let ids = Vec::<i64>::try_from(host(ids)).unwrap_or_default();
+        tokens
+            .iter()
+            .zip(chosen)
+            .enumerate()
+            .map(|(row, (&token, logprob))| TokenLogprob {
+                token: token as u32,
+                logprob,
+                top: (row * k..(row + 1) * k).map(|i| (ids[i] as u32, values[i])).collect(),
+            })
+            .collect()
+    }
+
+    /// Per row, every step's log-probabilities.
+    fn into_rows(self) -> Vec<Vec<TokenLogprob>> {
+        let mut rows: Vec<Vec<TokenLogprob>> = Vec::new();
+        for step in &self.steps {
+            let step = Self::to_host(step);
+            rows.resize_with(step.len(), Vec::new);
+            rows.iter_mut().zip(step).for_each(|(row, logprob)| row.push(logprob));
+        }
+        rows
+    }
 }
 
 impl SampleSearch {
@@ -191,6 +253,7 @@ impl SampleSearch {
             eos: eos_tensor(config, device),
             pad: pad_token(config).unwrap_or(0),
             unfinished: Tensor::ones([rows], (Kind::Int64, device)),
+            logprobs: config.logprobs.map(|top| LogprobSteps { top, steps: Vec::new() }),
             ids,
         }
     }
@@ -198,6 +261,8 @@ impl SampleSearch {
     fn advance(&mut self, logits: Tensor, stop: Option<StopCheck<'_>>, emit: bool) -> Advance {
         let device = self.ids.device();
         let rows = self.ids.size()[0];
+        // Before the processors, which may scale the logits in place.
+        let log_probs = self.logprobs.is_some().then(|| logits.log_softmax(-1, Kind::Float));
         let scores = self.processors.apply(&self.ids, logits);
         let next = if self.do_sample {
             scores.softmax(-1, Kind::Float).multinomial(1, false).squeeze_dim(1)
@@ -209,6 +274,14 @@ impl SampleSearch {
             None => next,
         };
         let emitted = if emit { self.live_tokens(&next) } else { Vec::new() };
+        let mut emitted_logprobs = Vec::new();
+        if let (Some(steps), Some(log_probs)) = (&mut self.logprobs, &log_probs) {
+            let step = steps.record(log_probs, &next);
+            if emit {
+                let all = LogprobSteps::to_host(step);
+                emitted_logprobs = emitted.iter().map(|(row, _)| all[*row].clone()).collect();
+            }
+        }
         self.ids = Tensor::cat(&[&self.ids, &next.unsqueeze(1)], 1);
         let mut done = Tensor::zeros([rows], (Kind::Bool, device));
         if self.ids.size()[1] as usize >= self.max_length {
@@ -222,7 +295,12 @@ impl SampleSearch {
         }
         self.unfinished *= done.logical_not().to_kind(Kind::Int64);
         let over = self.unfinished.max().int64_value(&[]) == 0;
-        Advance { feed: (!over).then(|| next.unsqueeze(1)), reorder: None, emitted }
+        Advance {
+            feed: (!over).then(|| next.unsqueeze(1)),
+            reorder: None,
+            emitted,
+            emitted_logprobs,
+        }
     }
 }
 
@@ -432,7 +510,7 @@ impl BeamSearch {
         let valid_continuations = hits.all().int64_value(&[]) == 0;
         let go_on = improvement_possible && exists_open_beam && valid_continuations;
         let feed = go_on.then(|| self.running_sequences.select(2, cur_len - 1).reshape([rows, 1]));
-        Advance { feed, reorder: Some(reorder), emitted: Vec::new() }
+        Advance { feed, reorder: Some(reorder), emitted: Vec::new(), emitted_logprobs: Vec::new() }
     }
 
     fn finish(self) -> Generated {
@@ -446,6 +524,7 @@ impl BeamSearch {
         let generated =
             (beam_indices + 1).ne(0).sum_dim_intlist([1i64].as_slice(), false, Kind::Int64);
         let longest = generated.max().int64_value(&[]);
-        Generated { sequences: sequences.narrow(1, 0, prompt_len + longest), scores: Some(scores) }
+        let sequences = sequences.narrow(1, 0, prompt_len + longest);
+        Generated { sequences, scores: Some(scores), logprobs: None }
     }
 }

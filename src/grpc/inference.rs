@@ -633,7 +633,7 @@ impl pb::inference_server::Inference for InferenceService {
                 tokio_stream::StreamExt::map(
                     ReceiverStream::new(events),
                     move |event| match event {
-                        StreamEvent::Token { token, text } => Ok(pb::GenerateStreamResponse {
+                        StreamEvent::Token { token, text, .. } => Ok(pb::GenerateStreamResponse {
                             text,
                             token,
                             finish_reason: None,

@@ -17,6 +17,7 @@ use tokio_stream::wrappers::ReceiverStream;
 
 use super::{
     error::ApiError,
+    logprobs,
     sampling::{Sampling, StopFilter, cut_at_stop},
 };
 use crate::{
@@ -25,7 +26,9 @@ use crate::{
         generation::{GenerationService, StreamEvent},
         policy::Lane,
     },
+    generation::TokenLogprob,
     tasks::{TaskError, TaskInput, generate::FinishReason},
+    tokenize::TextTokenizer,
 };
 
 /// The route a call came to, which names its objects and carries text in `text` or `message`.
@@ -59,12 +62,20 @@ impl Shape {
         }
     }
 
-    fn choice(self, index: usize, text: String, finish: Option<&str>) -> Value {
+    fn choice(self, index: usize, text: String, finish: Option<&str>, logprobs: Value) -> Value {
         let body = match self {
             Shape::Completion => ("text", json!(text)),
             Shape::Chat => ("message", json!({"role": "assistant", "content": text})),
         };
-        json!({"index": index, body.0: body.1, "logprobs": null, "finish_reason": finish})
+        json!({"index": index, body.0: body.1, "logprobs": logprobs, "finish_reason": finish})
+    }
+
+    /// OpenAI's logprobs object of `steps`, which start at character `offset` of the text.
+    fn logprobs(self, tokenizer: &TextTokenizer, steps: &[TokenLogprob], offset: usize) -> Value {
+        match self {
+            Shape::Completion => logprobs::completion(tokenizer, steps, offset),
+            Shape::Chat => logprobs::chat(tokenizer, steps),
+        }
     }
 
     fn delta(self, index: usize, text: Option<String>, first: bool, finish: Option<&str>) -> Value {
@@ -164,19 +175,16 @@ impl Call {
     }
 
     fn parse(&self, params: &Value) -> Result<crate::tasks::generate::GenerationParams, ApiError> {
-        self.service
+        let mut params = self
+            .service
             .pipeline()
             .parse_params(params)
-            .map_err(|e| ApiError::invalid(None, e.to_string()))
+            .map_err(|e| ApiError::invalid(None, e.to_string()))?;
+        params.generate.logprobs = self.sampling.logprobs;
+        Ok(params)
     }
 
     pub async fn answer(self) -> Result<Response, ApiError> {
-        if self.sampling.logprobs.is_some() {
-            return Err(ApiError::invalid(
-                Some("logprobs"),
-                "`logprobs` are not served by lote yet",
-            ));
-        }
         if self.sampling.stream { self.stream().await } else { self.whole().await }
     }
 
@@ -187,6 +195,7 @@ impl Call {
             items.push((input.clone(), self.parse(params)?));
         }
         let answered = self.service.generate(items, Lane::Interactive, None).await?;
+        let tokenizer = &self.service.pipeline().tokenizer;
         let n = self.sampling.n;
         let per_prompt = runs.len() / self.prompts.len();
         let mut choices = Vec::with_capacity(self.prompts.len() * n);
@@ -199,18 +208,26 @@ impl Call {
             }
             let g = result.generation;
             let (mut text, mut reason) = (g.texts[0].clone(), finish_reason(g.finish_reasons[0]));
+            let mut steps = g.logprobs.and_then(|rows| rows.into_iter().next());
             if let Some(at) = cut_at_stop(&text, &self.sampling.stop) {
                 text.truncate(at);
                 reason = "stop";
+                if let Some(steps) = &mut steps {
+                    steps.truncate(logprobs::before(tokenizer, steps, at));
+                }
             }
-            if let Some(echo) = &self.prompts[prompt_index].echo {
-                text.insert_str(0, echo);
-            }
+            let echo = self.prompts[prompt_index].echo.as_deref().unwrap_or_default();
+            text.insert_str(0, echo);
+            let logprobs = steps.map_or(Value::Null, |steps| {
+                self.shape.logprobs(tokenizer, &steps, echo.chars().count())
+            });
             // A greedy prompt ran once for all its choices.
             let copies = if per_prompt == 1 { n } else { 1 };
             for _ in 0..copies {
                 completion_tokens += g.output_tokens[0];
-                choices.push(self.shape.choice(choices.len(), text.clone(), Some(reason)));
+                let choice =
+                    self.shape.choice(choices.len(), text.clone(), Some(reason), logprobs.clone());
+                choices.push(choice);
             }
         }
         let body = json!({
@@ -247,6 +264,7 @@ impl Call {
             created: unix_now(),
             model: self.model.clone(),
             shape: self.shape,
+            tokenizer: self.service.pipeline().tokenizer.clone(),
         };
         let echoes: Vec<Option<String>> = self.prompts.iter().map(|p| p.echo.clone()).collect();
         let (stop, n, include_usage) =
@@ -257,37 +275,44 @@ impl Call {
                 async move { sender.send(Ok(Event::default().data(value.to_string()))).await.is_ok() }
             };
             let choices = receivers.len();
-            let mut filters: Vec<StopFilter> =
-                (0..choices).map(|_| StopFilter::new(stop.clone())).collect();
+            let mut states: Vec<ChoiceState> =
+                (0..choices).map(|_| ChoiceState::new(stop.clone())).collect();
             // Chat opens each choice with the assistant's role; `echo` starts with the prompt.
-            for choice in 0..choices {
+            for (choice, state) in states.iter_mut().enumerate() {
                 let opening = match header.shape {
                     Shape::Chat => Some(String::new()),
                     Shape::Completion => echoes[choice / n].clone(),
                 };
-                if opening.is_some() && !send(header.chunk(choice, opening, true, None)).await {
+                if opening.is_some()
+                    && !send(header.chunk(choice, state, opening, true, None)).await
+                {
                     return;
                 }
             }
             let mut merged = futures::stream::select_all(receivers);
             let (mut prompt_tokens, mut completion_tokens) = (0, 0);
             while let Some((choice, _prompt, event)) = merged.next().await {
-                let filter = &mut filters[choice];
+                let state = &mut states[choice];
                 let sent = match event {
-                    StreamEvent::Token { text, .. } => {
-                        let text = filter.push(&text);
-                        text.is_empty() || send(header.chunk(choice, Some(text), false, None)).await
+                    StreamEvent::Token { text, logprob, .. } => {
+                        if !state.filter.stopped() {
+                            state.pending.extend(logprob);
+                        }
+                        let text = state.filter.push(&text);
+                        text.is_empty()
+                            || send(header.chunk(choice, state, Some(text), false, None)).await
                     }
                     StreamEvent::Finished { reason, rest, report } => {
                         if choice % n == 0 {
                             prompt_tokens += report.input_tokens;
                         }
                         completion_tokens += report.output_tokens;
-                        let mut text = filter.push(&rest);
-                        text.push_str(&filter.finish());
-                        let reason = if filter.stopped() { "stop" } else { finish_reason(reason) };
+                        let mut text = state.filter.push(&rest);
+                        text.push_str(&state.filter.finish());
+                        let reason =
+                            if state.filter.stopped() { "stop" } else { finish_reason(reason) };
                         let text = (!text.is_empty()).then_some(text);
-                        send(header.chunk(choice, text, false, Some(reason))).await
+                        send(header.chunk(choice, state, text, false, Some(reason))).await
                     }
                     StreamEvent::Failed(error) => {
                         let error = ApiError::from(error);
@@ -319,6 +344,22 @@ struct Chunks {
     created: u64,
     model: String,
     shape: Shape,
+    tokenizer: TextTokenizer,
+}
+
+/// Where one streamed choice stands.
+struct ChoiceState {
+    filter: StopFilter,
+    /// Log-probabilities of tokens whose text has not been sent yet.
+    pending: Vec<TokenLogprob>,
+    /// Characters of the choice's text sent so far (completions' `text_offset`).
+    sent: usize,
+}
+
+impl ChoiceState {
+    fn new(stop: Vec<String>) -> Self {
+        Self { filter: StopFilter::new(stop), pending: Vec::new(), sent: 0 }
+    }
 }
 
 impl Chunks {
@@ -332,13 +373,22 @@ impl Chunks {
         })
     }
 
+    /// A chunk of choice `index` carrying `text` and the log-probabilities of its tokens.
     fn chunk(
         &self,
         index: usize,
+        state: &mut ChoiceState,
         text: Option<String>,
         first: bool,
         finish: Option<&str>,
     ) -> Value {
-        self.envelope(vec![self.shape.delta(index, text, first, finish)])
+        let length = text.as_ref().map_or(0, |t| t.chars().count());
+        let mut delta = self.shape.delta(index, text, first, finish);
+        if !state.pending.is_empty() {
+            let steps = std::mem::take(&mut state.pending);
+            delta["logprobs"] = self.shape.logprobs(&self.tokenizer, &steps, state.sent);
+        }
+        state.sent += length;
+        self.envelope(vec![delta])
     }
 }

@@ -220,6 +220,12 @@ pub fn sampling(body: &mut Map<String, Value>, route: Route) -> Result<Sampling,
     };
     let logprobs = logprobs(body, route)?;
     let echo = route == Route::Completions && flag(body, "echo")?;
+    if echo && logprobs.is_some() {
+        return Err(invalid(
+            "logprobs",
+            "`logprobs` with `echo` (the prompt's own log-probabilities) is not served",
+        ));
+    }
     refuse_unless_empty(body, "logit_bias", "lote does not bias logits")?;
     match route {
         Route::Completions => {

@@ -19,7 +19,7 @@ use super::{
 use crate::{
     device::Placement,
     engine::scheduler::StopFn,
-    generation::{GenerateConfig, GenerateOverrides},
+    generation::{GenerateConfig, GenerateOverrides, TokenLogprob},
     models::{
         ModelError,
         generative::{LoadedGenerator, load_generator},
@@ -109,6 +109,10 @@ pub struct Generation {
     pub texts: Vec<String>,
     pub output_tokens: Vec<usize>,
     pub finish_reasons: Vec<FinishReason>,
+    /// Per sequence, each of its `output_tokens`' log-probabilities, when asked for
+    /// (`GenerateConfig::logprobs`).
+    #[serde(skip)]
+    pub logprobs: Option<Vec<Vec<TokenLogprob>>>,
 }
 
 pub struct GenerationPipeline {
@@ -443,8 +447,12 @@ impl GenerationPipeline {
         sequences: &[Vec<i64>],
         params: &GenerationParams,
     ) -> Result<Generation, TaskError> {
-        let mut generation =
-            Generation { texts: Vec::new(), output_tokens: Vec::new(), finish_reasons: Vec::new() };
+        let mut generation = Generation {
+            texts: Vec::new(),
+            output_tokens: Vec::new(),
+            finish_reasons: Vec::new(),
+            logprobs: None,
+        };
         for new in sequences {
             let (tokens, reason) = self.trim(new, &params.generate, &params.stop);
             generation.texts.push(self.text_of(prompt, &tokens, params, self.encoder_decoder)?);

@@ -207,10 +207,12 @@ async fn completions_and_chat_through_the_openai_client_equal_grpc_and_transform
     let script =
         std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/openai/generation_calls.py");
     let conversations = serde_json::to_string(&conversations).unwrap();
+    let completion = &reference["completion"][0];
+    let completion_prompt = completion["prompt"].as_str().unwrap().to_string();
     let output = tokio::task::spawn_blocking(move || {
         std::process::Command::new(python)
             .arg(script)
-            .args([&base_url, "gen", "chat", &conversations])
+            .args([&base_url, "gen", "chat", &conversations, &completion_prompt])
             .output()
             .unwrap()
     })
@@ -316,6 +318,60 @@ async fn completions_and_chat_through_the_openai_client_equal_grpc_and_transform
         assert_eq!(out["chat"][i]["roles"], serde_json::json!(["assistant"]));
         assert_eq!(out["chat"][i]["object"], "chat.completion");
     }
+    // Log-probabilities: transformers' log-softmax of the raw logits, chosen and top 2.
+    let tokenizer =
+        lote::tokenize::TextTokenizer::load(&fixture_model("chat/llama-chat"), None).unwrap();
+    let text_of = |id: &Value| tokenizer.decode(&[id.as_u64().unwrap() as u32], false).unwrap();
+    let close = |a: &Value, b: &Value, what: &str| {
+        assert!((a.as_f64().unwrap() - b.as_f64().unwrap()).abs() < 1e-4, "{what}: {a} vs {b}");
+    };
+    for (i, chat) in chats.iter().enumerate() {
+        let expected = chat["new_logprobs"].as_array().unwrap();
+        for way in ["chat_logprobs", "chat_logprobs_stream"] {
+            let ours = out[way][i].as_array().unwrap();
+            assert_eq!(ours.len(), expected.len(), "{way} {}", chat["name"]);
+            for (step, (o, e)) in ours.iter().zip(expected).enumerate() {
+                let what = format!("{way} {} step {step}", chat["name"]);
+                assert_eq!(o["token"], text_of(&e["token"]), "{what}");
+                assert_eq!(
+                    o["bytes"],
+                    serde_json::json!(text_of(&e["token"]).into_bytes()),
+                    "{what}"
+                );
+                close(&o["logprob"], &e["logprob"], &what);
+                for (ot, et) in
+                    o["top"].as_array().unwrap().iter().zip(e["top"].as_array().unwrap())
+                {
+                    assert_eq!(ot[0], text_of(&et[0]), "{what}");
+                    close(&ot[1], &et[1], &what);
+                }
+                assert_eq!(o["top"].as_array().unwrap().len(), 2, "{what}");
+            }
+        }
+    }
+    let legacy = &out["completion_logprobs"];
+    let steps = completion["new_logprobs"].as_array().unwrap();
+    assert_eq!(legacy["text"], completion["new_text"]);
+    assert_eq!(legacy["tokens"].as_array().unwrap().len(), steps.len());
+    let mut offset = 0;
+    for (step, e) in steps.iter().enumerate() {
+        assert_eq!(legacy["tokens"][step], text_of(&e["token"]));
+        close(&legacy["token_logprobs"][step], &e["logprob"], "token_logprobs");
+        // Keyed by text, as OpenAI's: tokens that decode alike (U+FFFD) keep the first.
+        let top = legacy["top_logprobs"][step].as_object().unwrap();
+        let tops = e["top"].as_array().unwrap();
+        for et in tops {
+            let text = text_of(&et[0]);
+            if tops.iter().filter(|t| text_of(&t[0]) == text).count() == 1
+                && text != text_of(&e["token"])
+            {
+                close(&top[&text], &et[1], "top_logprobs");
+            }
+        }
+        assert_eq!(legacy["text_offset"][step], offset);
+        offset += text_of(&e["token"]).chars().count();
+    }
+
     assert_eq!(out["chat_stream"][0]["objects"], serde_json::json!(["chat.completion.chunk"]));
     assert_eq!(texts_of(&out["chat_n"]["texts"]).len(), 2);
 

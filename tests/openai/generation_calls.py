@@ -2,9 +2,10 @@
 client: plain, streamed, n > 1, seeded, stop strings, echo, and the bad inputs; one JSON object
 with each answer or error on stdout.
 
-Usage: python tests/openai/generation_calls.py BASE_URL GEN_MODEL CHAT_MODEL MESSAGES_JSON
+Usage: python tests/openai/generation_calls.py BASE_URL GEN_MODEL CHAT_MODEL MESSAGES_JSON PROMPT
 
-MESSAGES_JSON is a list of conversations (lists of messages) to chat with greedily.
+MESSAGES_JSON is a list of conversations (lists of messages) to chat with greedily; PROMPT is
+completed greedily by CHAT_MODEL with log-probabilities.
 """
 
 import json
@@ -13,7 +14,7 @@ import urllib.request
 
 import openai
 
-base_url, gen_model, chat_model, conversations = sys.argv[1:5]
+base_url, gen_model, chat_model, conversations, chat_model_prompt = sys.argv[1:6]
 conversations = json.loads(conversations)
 client = openai.OpenAI(base_url=base_url, api_key="not-needed-on-loopback", max_retries=0)
 out = {}
@@ -103,6 +104,38 @@ out["chat_stream"] = [
                                             stream_options={"include_usage": True}), chat=True)
     for messages in conversations
 ]
+
+
+def chat_logprobs(content):
+    return [{"token": t.token, "logprob": t.logprob, "bytes": t.bytes,
+             "top": [[top.token, top.logprob] for top in t.top_logprobs]} for t in content]
+
+
+def streamed_logprobs(chunks):
+    content = []
+    for chunk in chunks:
+        for choice in chunk.choices:
+            if choice.logprobs is not None and choice.logprobs.content:
+                content.extend(choice.logprobs.content)
+    return chat_logprobs(content)
+
+
+out["chat_logprobs"] = [
+    chat_logprobs(client.chat.completions.create(
+        model=chat_model, messages=messages, max_tokens=12, temperature=0, logprobs=True,
+        top_logprobs=2).choices[0].logprobs.content)
+    for messages in conversations
+]
+out["chat_logprobs_stream"] = [
+    streamed_logprobs(client.chat.completions.create(
+        model=chat_model, messages=messages, max_tokens=12, temperature=0, logprobs=True,
+        top_logprobs=2, stream=True))
+    for messages in conversations
+]
+legacy = client.completions.create(model=chat_model, prompt=chat_model_prompt, max_tokens=12,
+                                   temperature=0, logprobs=2)
+out["completion_logprobs"] = {"text": legacy.choices[0].text,
+                              **legacy.choices[0].logprobs.model_dump()}
 out["chat_n"] = chat(conversations[0], max_completion_tokens=6, n=2, seed=7)
 
 
@@ -143,6 +176,8 @@ out["errors"] = {
         tools=[{"type": "function", "function": {"name": "f", "parameters": {}}}])),
     "unknown_field": error_of(lambda: client.completions.create(
         model=gen_model, prompt=prompt, extra_body={"temprature": 1})),
+    "echo_logprobs": error_of(lambda: client.completions.create(
+        model=gen_model, prompt=prompt, echo=True, logprobs=1)),
     "image_part": error_of(lambda: client.chat.completions.create(
         model=chat_model, messages=[{"role": "user", "content": [
             {"type": "image_url", "image_url": {"url": "http://x/y.png"}}]}])),
