@@ -9,7 +9,9 @@ and a random-weight GPT-2 small (text-generation, built once by generation_throu
 For embeddings and for generation: the one-at-a-time baseline (one caller, closed loop), then
 open-loop arrivals at several rates; for each, calls/s, tokens/s and p50/p99 latency, and from
 the worker's /metrics over the same interval the mean batch size and padding ratio. For
-generation streams: aggregate tokens/s with 1, 8 and 32 concurrent streams.
+generation streams: aggregate tokens/s with 1, 8 and 32 concurrent streams. Embeddings over
+the OpenAI-compatible HTTP API (POST /v1/embeddings, one kept-alive connection per caller)
+beside the same closed-loop load over gRPC, with 1, 8 and 32 callers, alternating sides.
 Server and load generator share this machine's cores (2 here): the figures include that.
 """
 
@@ -27,6 +29,7 @@ from generation_throughput import build_models  # noqa: E402
 
 GRPC = "127.0.0.1:50071"
 METRICS = "127.0.0.1:9471"
+HTTP = "127.0.0.1:8071"
 
 
 def metrics() -> dict[str, float]:
@@ -84,7 +87,7 @@ def main() -> None:
     fixed_prompt = work / "fixed_prompt.txt"
     fixed_prompt.write_text(GENERATION_PROMPT + "\n")
 
-    server = start_server(options.lote, config, "gpt2")
+    server = start_server(options.lote, config, "gpt2", server__http_addr=HTTP)
     try:
         seconds = str(options.seconds)
         rows = []
@@ -103,6 +106,11 @@ def main() -> None:
         for factor in (0.5, 2, 4, 8):
             rate = round(baseline * factor, 1)
             scenario(f"embed open loop {rate}/s", "minilm", embed + ["--rate", str(rate)])
+
+        for callers in (1, 8, 32):
+            for transport, extra in (("gRPC", []), ("HTTP", ["--http", HTTP])):
+                scenario(f"embed {callers} callers over {transport}", "minilm",
+                         embed + ["--concurrency", str(callers), *extra])
 
         generate = ["--kind", "generate", "--texts", str(prompts), "--max-new-tokens", "32"]
         scenario("generate one at a time", "gpt2", generate + ["--concurrency", "1"])

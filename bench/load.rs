@@ -6,6 +6,10 @@
 //! (`--concurrency C`): C callers, each starting its next call when its last one answers; C = 1
 //! is the one-at-a-time baseline. Prints one JSON object: calls, errors by code, throughput,
 //! tokens/s and latency percentiles.
+//!
+//! `--http HOST:PORT` sends `embed` calls to the OpenAI-compatible `POST /v1/embeddings`
+//! instead (closed loop: each caller keeps one HTTP/1.1 connection alive, as a pooled client
+//! does), for the same load over both transports.
 
 use std::{
     collections::BTreeMap,
@@ -43,6 +47,67 @@ struct Args {
     /// New tokens per generation (forced with min_new_tokens).
     #[arg(long, default_value_t = 32)]
     max_new_tokens: u32,
+    /// The HTTP API's address: `embed` calls go to /v1/embeddings (closed loop only).
+    #[arg(long)]
+    http: Option<String>,
+}
+
+/// One kept-alive HTTP/1.1 connection, enough for JSON posts with Content-Length answers.
+struct HttpConnection {
+    stream: tokio::io::BufReader<tokio::net::TcpStream>,
+    host: String,
+}
+
+impl HttpConnection {
+    async fn open(host: &str) -> Self {
+        let stream = tokio::net::TcpStream::connect(host).await.expect("the HTTP API listens");
+        stream.set_nodelay(true).unwrap();
+        Self { stream: tokio::io::BufReader::new(stream), host: host.into() }
+    }
+
+    /// Posts `body`; returns the status and the answer's body.
+    async fn post(&mut self, path: &str, body: &[u8]) -> (u16, Vec<u8>) {
+        use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
+        let head = format!(
+            "POST {path} HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+            self.host,
+            body.len()
+        );
+        let stream = self.stream.get_mut();
+        stream.write_all(head.as_bytes()).await.unwrap();
+        stream.write_all(body).await.unwrap();
+        let mut line = String::new();
+        self.stream.read_line(&mut line).await.unwrap();
+        let status = line.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+        let mut length = 0;
+        loop {
+            line.clear();
+            self.stream.read_line(&mut line).await.unwrap();
+            if line == "\r\n" || line.is_empty() {
+                break;
+            }
+            if let Some((name, value)) = line.split_once(':')
+                && name.eq_ignore_ascii_case("content-length")
+            {
+                length = value.trim().parse().unwrap();
+            }
+        }
+        let mut answer = vec![0; length];
+        self.stream.read_exact(&mut answer).await.unwrap();
+        (status, answer)
+    }
+}
+
+/// One `/v1/embeddings` call, as the `openai` client makes it (floats asked for explicitly).
+async fn http_embed(connection: &mut HttpConnection, args: &Args, text: &str) -> Outcome {
+    let started = Instant::now();
+    let body = json!({"model": args.model, "input": text, "encoding_format": "float"});
+    let (status, answer) = connection.post("/v1/embeddings", body.to_string().as_bytes()).await;
+    let latency = started.elapsed();
+    let answer: serde_json::Value = serde_json::from_slice(&answer).unwrap_or_default();
+    let tokens = answer["usage"]["prompt_tokens"].as_u64().unwrap_or(0);
+    let code = if status == 200 { tonic::Code::Ok } else { tonic::Code::Unknown };
+    Outcome { latency, code, tokens }
 }
 
 /// What one call gave.
@@ -157,6 +222,22 @@ async fn main() {
                 }));
                 index += 1;
                 next += interval;
+            }
+        }
+        None if args.http.is_some() => {
+            assert_eq!(args.kind, "embed", "--http takes --kind embed");
+            for worker in 0..args.concurrency {
+                let (args, texts, outcomes) = (args.clone(), texts.clone(), outcomes.clone());
+                tasks.push(tokio::spawn(async move {
+                    let mut connection = HttpConnection::open(args.http.as_deref().unwrap()).await;
+                    let mut index = worker;
+                    while Instant::now() < until {
+                        let text = &texts[index % texts.len()];
+                        let outcome = http_embed(&mut connection, &args, text).await;
+                        outcomes.lock().await.push(outcome);
+                        index += args.concurrency;
+                    }
+                }));
             }
         }
         None => {

@@ -18,7 +18,10 @@ use super::{
     sampling::{Route, sampling},
     served_generator,
 };
-use crate::{settings::Task, tasks::TaskError};
+use crate::{
+    settings::Task,
+    tasks::{TaskError, TaskInput},
+};
 
 /// The messages as the template takes them: every message an object with a string `role`,
 /// its `content` a string, null, or text parts (joined).
@@ -115,7 +118,7 @@ pub async fn create(
         });
     }
     let max_new_tokens = sampling.max_tokens.unwrap_or(room);
-    let prompts = vec![Prompt { text, max_new_tokens, echo: None }];
+    let prompts = vec![Prompt { input: TaskInput::Text { text }, max_new_tokens, echo: None }];
     Call { model, service, prompts, sampling, shape: Shape::Chat }.answer().await
 }
 

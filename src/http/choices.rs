@@ -101,8 +101,8 @@ impl Shape {
 /// One prompt of a call, ready for the pipeline.
 #[derive(Debug, Clone)]
 pub struct Prompt {
-    /// The text the model continues (a chat's rendered template).
-    pub text: String,
+    /// What the model continues: a text (a chat's rendered template) or token ids.
+    pub input: TaskInput,
     pub max_new_tokens: usize,
     /// Returned before the completion (`echo`).
     pub echo: Option<String>,
@@ -167,8 +167,7 @@ impl Call {
         let mut runs = Vec::new();
         for (i, prompt) in self.prompts.iter().enumerate() {
             for j in 0..per_prompt {
-                let input = TaskInput::Text { text: prompt.text.clone() };
-                runs.push((i, input, self.params_of(prompt, j)?));
+                runs.push((i, prompt.input.clone(), self.params_of(prompt, j)?));
             }
         }
         Ok(runs)

@@ -1,5 +1,5 @@
-//! `POST /v1/completions`: `prompt` as a string or a list of strings continued by a
-//! text-generation model, with OpenAI's sampling fields ([`super::sampling`]), `echo`, `n`,
+//! `POST /v1/completions`: `prompt` as text or the model's token ids ([`super::inputs`]),
+//! continued by a text-generation model, with OpenAI's sampling fields ([`super::sampling`]), `echo`, `n`,
 //! `stop` and `stream`; 16 new tokens unless `max_tokens` says otherwise, as OpenAI's default.
 
 use std::sync::Arc;
@@ -11,39 +11,27 @@ use super::{
     HttpState,
     choices::{Call, Prompt, Shape},
     error::ApiError,
+    inputs::inputs,
     model_name,
     sampling::{Route, sampling},
     served_generator,
 };
-use crate::settings::Task;
+use crate::{settings::Task, tasks::TaskInput};
 
 /// OpenAI's default `max_tokens` for completions.
 const DEFAULT_MAX_TOKENS: usize = 16;
 
-/// The call's prompts; token-id prompts are refused (lote tokenizes with the model's tokenizer).
-fn prompts(prompt: Option<&Value>) -> Result<Vec<String>, ApiError> {
-    let bad = |message: String| ApiError::invalid(Some("prompt"), message);
-    let one = |i: Option<usize>, value: &Value| match value {
-        Value::String(text) if text.is_empty() => Err(bad(match i {
-            Some(i) => format!("`prompt[{i}]` is empty"),
-            None => "`prompt` is empty".into(),
-        })),
-        Value::String(text) => Ok(text.clone()),
-        Value::Number(_) | Value::Array(_) => Err(bad(
-            "`prompt` as token ids is not taken: lote tokenizes with the model's own tokenizer; \
-             send the text"
-                .into(),
-        )),
-        _ => Err(bad("`prompt` must be a string or a list of strings".into())),
-    };
-    match prompt {
-        None => Err(bad("`prompt` is required".into())),
-        Some(Value::Array(items)) if items.is_empty() => Err(bad("`prompt` is empty".into())),
-        Some(Value::Array(items)) if items.iter().all(Value::is_string) => {
-            items.iter().enumerate().map(|(i, item)| one(Some(i), item)).collect()
-        }
-        Some(value) => one(None, value).map(|text| vec![text]),
+/// The call's prompts: texts (none empty) or the model's token ids.
+fn prompts(prompt: Option<&Value>) -> Result<Vec<TaskInput>, ApiError> {
+    let prompts = inputs(prompt, "prompt")?;
+    if let Some(i) =
+        prompts.iter().position(|p| matches!(p, TaskInput::Text { text } if text.is_empty()))
+    {
+        let place =
+            if prompts.len() == 1 { "`prompt`".to_string() } else { format!("`prompt[{i}]`") };
+        return Err(ApiError::invalid(Some("prompt"), format!("{place} is empty")));
     }
+    Ok(prompts)
 }
 
 pub async fn create(
@@ -53,6 +41,7 @@ pub async fn create(
     let Json(mut body) = body?;
     let model = model_name(&body)?;
     let texts = prompts(body.get("prompt"))?;
+    let tokenizer = &served_generator(&state, &model, Task::TextGeneration)?.pipeline().tokenizer;
     let sampling = sampling(&mut body, Route::Completions)?;
     let choices = texts.len() * sampling.n;
     if choices > state.limits.max_inputs_per_call {
@@ -67,10 +56,20 @@ pub async fn create(
     }
     let service = served_generator(&state, &model, Task::TextGeneration)?.clone();
     let max_new_tokens = sampling.max_tokens.unwrap_or(DEFAULT_MAX_TOKENS);
-    let prompts = texts
-        .into_iter()
-        .map(|text| Prompt { echo: sampling.echo.then(|| text.clone()), text, max_new_tokens })
-        .collect();
+    let mut prompts = Vec::with_capacity(texts.len());
+    for input in texts {
+        let echo = match (&input, sampling.echo) {
+            (_, false) => None,
+            (TaskInput::Text { text }, true) => Some(text.clone()),
+            (TaskInput::TokenIds { token_ids }, true) => Some(
+                tokenizer
+                    .decode(token_ids, false)
+                    .map_err(|e| ApiError::invalid(Some("prompt"), e.to_string()))?,
+            ),
+            (_, true) => unreachable!("prompts are texts or token ids"),
+        };
+        prompts.push(Prompt { input, echo, max_new_tokens });
+    }
     Call { model, service, prompts, sampling, shape: Shape::Completion }.answer().await
 }
 
@@ -81,14 +80,16 @@ mod tests {
     use super::*;
 
     #[test]
-    fn prompts_are_a_string_or_strings_never_token_ids_or_empty() {
-        assert_eq!(prompts(Some(&json!("olá"))).unwrap(), ["olá"]);
-        assert_eq!(prompts(Some(&json!(["a", "b"]))).unwrap(), ["a", "b"]);
+    fn prompts_are_texts_or_token_ids_never_empty() {
+        let text = |t: &str| TaskInput::Text { text: t.into() };
+        assert_eq!(prompts(Some(&json!("olá"))).unwrap(), [text("olá")]);
+        assert_eq!(
+            prompts(Some(&json!([1, 2]))).unwrap(),
+            [TaskInput::TokenIds { token_ids: vec![1, 2] }]
+        );
         let message = |v: Value| prompts(Some(&v)).unwrap_err().message;
         assert_eq!(message(json!("")), "`prompt` is empty");
         assert_eq!(message(json!(["a", ""])), "`prompt[1]` is empty");
-        assert!(message(json!([1, 2])).contains("token ids"));
-        assert!(message(json!([[1, 2]])).contains("token ids"));
         assert_eq!(prompts(None).unwrap_err().param.as_deref(), Some("prompt"));
     }
 }

@@ -1,4 +1,5 @@
-//! `POST /v1/embeddings`: `input` as one string or a list of strings, `encoding_format` float
+//! `POST /v1/embeddings`: `input` as text or the model's token ids ([`super::inputs`]),
+//! `encoding_format` float
 //! or base64 (little-endian float32, as OpenAI's client decodes it), `dimensions` (the first N
 //! components, renormalised, Matryoshka-style), `usage.prompt_tokens`. One call is one engine
 //! call in the interactive lane, batched with gRPC's.
@@ -9,37 +10,12 @@ use axum::{Json, extract::State};
 use base64::Engine as _;
 use serde_json::{Map, Value, json};
 
-use super::{HttpState, error::ApiError, model_name, served_encoder, usage};
+use super::{HttpState, error::ApiError, inputs::inputs, model_name, served_encoder, usage};
 use crate::{
     engine::policy::Lane,
     settings::Task,
-    tasks::{Embedding, TaskInput, TaskOutput},
+    tasks::{Embedding, TaskOutput},
 };
-
-/// The request's texts, each named by its place for errors.
-fn texts(input: Option<&Value>) -> Result<Vec<String>, ApiError> {
-    let bad = |message: &str| ApiError::invalid(Some("input"), message);
-    match input {
-        None => Err(bad("`input` is required")),
-        Some(Value::String(text)) => Ok(vec![text.clone()]),
-        Some(Value::Array(items)) if items.is_empty() => Err(bad("`input` is empty")),
-        Some(Value::Array(items)) => items
-            .iter()
-            .enumerate()
-            .map(|(i, item)| match item {
-                Value::String(text) => Ok(text.clone()),
-                Value::Number(_) | Value::Array(_) => Err(bad(
-                    "`input` as token ids is not taken: lote tokenizes with the model's own \
-                     tokenizer; send the text",
-                )),
-                _ => {
-                    Err(ApiError::invalid(Some("input"), format!("`input[{i}]` must be a string")))
-                }
-            })
-            .collect(),
-        Some(_) => Err(bad("`input` must be a string or a list of strings")),
-    }
-}
 
 /// The first `dimensions` components, L2-normalised again.
 fn shorten(mut vector: Vec<f32>, dimensions: Option<usize>) -> Result<Vec<f32>, ApiError> {
@@ -76,7 +52,7 @@ pub async fn create(
 ) -> Result<Json<Value>, ApiError> {
     let Json(body) = body?;
     let model = &model_name(&body)?;
-    let inputs = texts(body.get("input"))?;
+    let inputs = inputs(body.get("input"), "input")?;
     if inputs.len() > state.limits.max_inputs_per_call {
         return Err(ApiError::invalid(
             Some("input"),
@@ -108,7 +84,7 @@ pub async fn create(
         .pipeline()
         .parse_params(&Value::Object(Map::new()))
         .map_err(|e| ApiError::invalid(None, e.to_string()))?;
-    let items = inputs.into_iter().map(|text| (TaskInput::Text { text }, params.clone())).collect();
+    let items = inputs.into_iter().map(|input| (input, params.clone())).collect();
     let answered = service.answer(items, Lane::Interactive, None).await?;
     let mut data = Vec::with_capacity(answered.results.len());
     for (index, result) in answered.results.into_iter().enumerate() {
@@ -140,16 +116,6 @@ pub async fn create(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn inputs_are_a_string_or_strings_and_bad_ones_are_named() {
-        assert_eq!(texts(Some(&json!("olá"))).unwrap(), ["olá"]);
-        assert_eq!(texts(Some(&json!(["a", "b"]))).unwrap(), ["a", "b"]);
-        assert_eq!(texts(Some(&json!(["a", 3]))).unwrap_err().param.as_deref(), Some("input"));
-        assert_eq!(texts(Some(&json!([]))).unwrap_err().message, "`input` is empty");
-        assert!(texts(Some(&json!([[1, 2]]))).unwrap_err().message.contains("token ids"));
-        assert_eq!(texts(None).unwrap_err().message, "`input` is required");
-    }
 
     #[test]
     fn dimensions_shorten_and_renormalise() {

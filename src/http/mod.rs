@@ -8,6 +8,7 @@ mod choices;
 mod completions;
 mod embeddings;
 pub mod error;
+mod inputs;
 mod logprobs;
 mod models;
 mod rerank;

@@ -107,6 +107,9 @@ pub struct ModelConfig {
     pub max_position_embeddings: Option<i64>,
     #[serde(default)]
     pub pad_token_id: Option<i64>,
+    /// Rows of the word embeddings: every token id must be below it.
+    #[serde(default)]
+    pub vocab_size: Option<usize>,
 }
 
 impl ModelConfig {

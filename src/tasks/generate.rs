@@ -19,7 +19,7 @@ use super::{
 use crate::{
     device::Placement,
     engine::scheduler::StopFn,
-    generation::{GenerateConfig, GenerateOverrides, TokenLogprob},
+    generation::{GenerateConfig, GenerateOverrides, TokenIds, TokenLogprob},
     models::{
         ModelError,
         generative::{LoadedGenerator, load_generator},
@@ -129,6 +129,8 @@ pub struct GenerationPipeline {
     translator: Option<Translator>,
     /// Positions the model can attend to (its context length).
     pub max_positions: usize,
+    /// Logits per step: every token-id parameter must be below it.
+    pub vocab_size: usize,
     pub encoder_decoder: bool,
     /// The model's chat template (text-generation), None when it has none; a template that
     /// does not compile is kept as its error, for chat calls to report.
@@ -144,6 +146,40 @@ fn text2text_pipeline_defaults(config: &mut GenerateConfig) {
     config.num_beams = 4;
     config.max_new_tokens =
         (config.max_length == GenerateConfig::default().max_length).then_some(256);
+}
+
+/// Every token id a call's parameters name, checked against the model's `vocabulary` before
+/// anything runs: `bad_words_ids[0][0]: 1000000000 is not a token id of this model
+/// (vocabulary 400)`.
+fn check_token_ids(overrides: &GenerateOverrides, vocabulary: usize) -> Result<(), TaskError> {
+    let mut named: Vec<(String, i64)> = Vec::new();
+    let mut one = |name: &str, id: Option<i64>| named.extend(id.map(|id| (name.to_string(), id)));
+    one("decoder_start_token_id", overrides.decoder_start_token_id);
+    one("pad_token_id", overrides.pad_token_id);
+    one("forced_bos_token_id", overrides.forced_bos_token_id.flatten());
+    let mut list = |name: &str, ids: Option<&TokenIds>| match ids {
+        Some(TokenIds::One(id)) => named.push((name.to_string(), *id)),
+        Some(TokenIds::Many(ids)) => {
+            named.extend(ids.iter().enumerate().map(|(i, id)| (format!("{name}[{i}]"), *id)))
+        }
+        None => {}
+    };
+    list("eos_token_id", overrides.eos_token_id.as_ref());
+    list("forced_eos_token_id", overrides.forced_eos_token_id.as_ref().and_then(Option::as_ref));
+    for (i, word) in overrides.bad_words_ids.iter().flatten().enumerate() {
+        if word.is_empty() {
+            return Err(TaskError::Invalid(format!("bad params: `bad_words_ids[{i}]` is empty")));
+        }
+        named.extend(
+            word.iter().enumerate().map(|(j, id)| (format!("bad_words_ids[{i}][{j}]"), *id)),
+        );
+    }
+    match named.into_iter().find(|(_, id)| *id < 0 || *id as usize >= vocabulary) {
+        Some((name, id)) => Err(TaskError::Invalid(format!(
+            "bad params: `{name}`: {id} is not a token id of this model (vocabulary {vocabulary})"
+        ))),
+        None => Ok(()),
+    }
 }
 
 /// A prompt ready for the scheduler: its ids, untruncated length, and whether it was cut.
@@ -206,6 +242,9 @@ impl GenerationPipeline {
         }
         defaults.apply(&task_overrides).map_err(|e| ModelError::Config(e.to_string()))?;
         let tokenizer = TextTokenizer::load(dir, Some(generator.max_positions))?;
+        let vocab_size = generator.config["vocab_size"]
+            .as_u64()
+            .map_or_else(|| tokenizer.vocab_size(), |n| n as usize);
         let translator = (task == Task::Translation)
             .then(|| Translator::load(dir, &generator.config, &tokenizer))
             .transpose()?;
@@ -229,6 +268,7 @@ impl GenerationPipeline {
             prefix: prefix.unwrap_or_default(),
             translator,
             max_positions: generator.max_positions,
+            vocab_size,
             encoder_decoder,
             chat_template,
             generator: std::sync::Mutex::new(Some(generator)),
@@ -332,8 +372,8 @@ impl GenerationPipeline {
                 )));
             }
         };
-        let overrides: GenerateOverrides = serde_json::from_value(Value::Object(map))
-            .map_err(|e| invalid(format!("bad params: {e}")))?;
+        let overrides: GenerateOverrides = super::params::parse(&Value::Object(map))?;
+        check_token_ids(&overrides, self.vocab_size)?;
         let mut generate = self.defaults.clone();
         if let Some(direction) = translation.as_ref().and_then(|t| t.overrides.as_ref()) {
             generate.apply(direction).map_err(|e| invalid(e.to_string()))?;
@@ -378,6 +418,14 @@ impl GenerationPipeline {
 
     /// How `input` is generated: its prompt, or its chunks' prompts (chunked summaries).
     pub fn plan(&self, input: &TaskInput, params: &GenerationParams) -> Result<Plan, TaskError> {
+        if let (Task::TextGeneration, TaskInput::TokenIds { token_ids }) = (self.task, input) {
+            if token_ids.is_empty() {
+                return Err(TaskError::Invalid("`token_ids` is empty".into()));
+            }
+            crate::tokenize::check_ids(token_ids, self.vocab_size)?;
+            let (ids, input_tokens, truncated) = self.fit_to_context(token_ids.clone(), params)?;
+            return Ok(Plan::Single(Prompt { ids, input_tokens, truncated }));
+        }
         let TaskInput::Text { text } = input else {
             return Err(TaskError::Invalid(format!("{} needs `text`", self.task)));
         };
@@ -484,14 +532,24 @@ impl GenerationPipeline {
                 self.tokenizer.encode(&format!("{}{text}", self.prefix), params.truncation)?;
             return Ok((encoded.ids.clone(), encoded.input_tokens, encoded.truncated));
         }
-        let ids = self.tokenizer.encode_plain(text)?;
+        self.fit_to_context(self.tokenizer.encode_plain(text)?, params)
+    }
+
+    /// A decoder-only prompt with room for its new tokens: as it is, or (truncation on) its
+    /// end; with its untruncated length and whether it was cut.
+    fn fit_to_context(
+        &self,
+        ids: Vec<u32>,
+        params: &GenerationParams,
+    ) -> Result<(Vec<u32>, usize, bool), TaskError> {
         let context = self.max_positions;
         let new = params
             .generate
             .max_new_tokens
             .unwrap_or_else(|| params.generate.max_length.saturating_sub(ids.len()));
         if ids.len() + new <= context {
-            return Ok((ids.clone(), ids.len(), false));
+            let tokens = ids.len();
+            return Ok((ids, tokens, false));
         }
         if !params.truncation || new >= context {
             return Err(TaskError::Invalid(format!(

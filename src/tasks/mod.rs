@@ -12,6 +12,7 @@ pub mod generate;
 pub mod ner_aggregate;
 pub mod numpy_f32;
 pub mod output_fields;
+mod params;
 pub mod pipeline;
 pub mod qa_spans;
 pub mod question_answering;
@@ -62,6 +63,11 @@ pub enum TaskInput {
     },
     Text {
         text: String,
+    },
+    /// The model's own token ids, instead of a text (OpenAI's token-id `input` and `prompt`;
+    /// feature-extraction and text-generation).
+    TokenIds {
+        token_ids: Vec<u32>,
     },
 }
 

@@ -136,6 +136,8 @@ pub struct EncoderPipeline {
     entailment: Option<usize>,
     problem_type: Option<String>,
     pooling: embed::PoolingConfig,
+    /// Rows of the model's word embeddings (token-id inputs must be below it).
+    vocab_size: usize,
     pub budget: BatchBudget,
 }
 
@@ -282,6 +284,7 @@ impl EncoderPipeline {
             (p, s) => p.or(s),
         };
         let tokenizer = TextTokenizer::load(dir, cap)?;
+        let vocab_size = encoder.config.vocab_size.unwrap_or_else(|| tokenizer.vocab_size());
         let head = encoder.model.head().kind();
         let needed = match task {
             Task::QuestionAnswering => Some((HeadKind::QuestionAnswering, "*ForQuestionAnswering")),
@@ -336,6 +339,7 @@ impl EncoderPipeline {
             })),
             tokenizer,
             pooling,
+            vocab_size,
             budget,
         })
     }
@@ -349,27 +353,22 @@ impl EncoderPipeline {
     /// Parses a task's parameters from a JSON object; unknown names are errors.
     pub fn parse_params(&self, params: &serde_json::Value) -> Result<TaskParams, TaskError> {
         let params = if params.is_null() { serde_json::json!({}) } else { params.clone() };
-        let invalid = |e: serde_json::Error| TaskError::Invalid(format!("bad params: {e}"));
         Ok(match self.task {
             Task::QuestionAnswering => {
-                TaskParams::QuestionAnswering(serde_json::from_value(params).map_err(invalid)?)
+                TaskParams::QuestionAnswering(super::params::parse(&params)?)
             }
-            Task::FillMask => {
-                TaskParams::FillMask(serde_json::from_value(params).map_err(invalid)?)
-            }
+            Task::FillMask => TaskParams::FillMask(super::params::parse(&params)?),
             Task::TextClassification => {
-                TaskParams::TextClassification(serde_json::from_value(params).map_err(invalid)?)
+                TaskParams::TextClassification(super::params::parse(&params)?)
             }
             Task::TokenClassification => {
-                TaskParams::TokenClassification(serde_json::from_value(params).map_err(invalid)?)
+                TaskParams::TokenClassification(super::params::parse(&params)?)
             }
             Task::FeatureExtraction => {
-                TaskParams::FeatureExtraction(serde_json::from_value(params).map_err(invalid)?)
+                TaskParams::FeatureExtraction(super::params::parse(&params)?)
             }
-            Task::Rerank => TaskParams::Rerank(serde_json::from_value(params).map_err(invalid)?),
-            Task::ZeroShotClassification => {
-                TaskParams::ZeroShot(serde_json::from_value(params).map_err(invalid)?)
-            }
+            Task::Rerank => TaskParams::Rerank(super::params::parse(&params)?),
+            Task::ZeroShotClassification => TaskParams::ZeroShot(super::params::parse(&params)?),
             Task::Summarization | Task::Translation | Task::TextGeneration => {
                 return Err(TaskError::Unsupported(format!("task {}", self.task)));
             }
@@ -481,7 +480,7 @@ impl EncoderPipeline {
             TaskInput::Query { query, .. } => {
                 text_pairs::non_empty("query", query)?;
             }
-            TaskInput::TextPair { .. } => {}
+            TaskInput::TextPair { .. } | TaskInput::TokenIds { .. } => {}
         }
         match (params, input) {
             (
@@ -507,6 +506,16 @@ impl EncoderPipeline {
             }
             (TaskParams::FeatureExtraction(p), TaskInput::Text { text }) => {
                 Ok(Prepared::Single(tokenizer.encode(text, p.truncate)?))
+            }
+            (TaskParams::FeatureExtraction(p), TaskInput::TokenIds { token_ids }) => {
+                if token_ids.is_empty() {
+                    return Err(TaskError::Invalid("`token_ids` is empty".into()));
+                }
+                Ok(Prepared::Single(tokenizer.encode_ids(
+                    token_ids,
+                    p.truncate,
+                    self.vocab_size,
+                )?))
             }
             (TaskParams::Rerank(p), TaskInput::Query { query, documents }) => {
                 if documents.is_empty() {
@@ -669,6 +678,10 @@ fn wrong_input(task: Task, input: &TaskInput) -> String {
         _ => "`text`",
     };
     match input {
+        TaskInput::TokenIds { .. } => format!(
+            "`token_ids`: {task} takes {takes}; only feature-extraction and text-generation take \
+             token ids"
+        ),
         TaskInput::TextPair { .. } => format!(
             "`text_pair`: {task} takes {takes}; only text-classification (a pair classifier such \
              as a cross-encoder or an NLI model) takes text pairs"

@@ -36,6 +36,8 @@ pub enum TokenizeError {
     TooLong { tokens: usize, limit: usize },
     #[error("tokenizer: {0}")]
     Failed(String),
+    #[error("token_ids[{index}]: {id} is not a token id of this model (vocabulary {vocabulary})")]
+    UnknownId { index: usize, id: u32, vocabulary: usize },
 }
 
 /// One tokenized input, unpadded.
@@ -169,6 +171,43 @@ impl TextTokenizer {
             return Err(TokenizeError::Empty);
         }
         self.encode_input(EncodeInput::Single(text.into()), truncate)
+    }
+
+    /// An input given as the model's token ids, taken as they are (special tokens are the
+    /// caller's to include, as vLLM and TEI take them); each id checked to be below
+    /// `vocabulary` (the model's embedding rows). Longer than `max_length`: its first
+    /// `max_length` ids when `truncate`, else [`TokenizeError::TooLong`].
+    pub fn encode_ids(
+        &self,
+        ids: &[u32],
+        truncate: bool,
+        vocabulary: usize,
+    ) -> Result<Encoded, TokenizeError> {
+        if ids.is_empty() {
+            return Err(TokenizeError::Empty);
+        }
+        check_ids(ids, vocabulary)?;
+        let tokens = ids.len();
+        if tokens > self.max_length && !truncate {
+            return Err(TokenizeError::TooLong { tokens, limit: self.max_length });
+        }
+        let ids = &ids[..tokens.min(self.max_length)];
+        let special = self.inner.get_added_vocabulary().get_added_tokens_decoder();
+        Ok(Encoded {
+            ids: ids.to_vec(),
+            type_ids: vec![0; ids.len()],
+            offsets: vec![(0, 0); ids.len()],
+            special: ids.iter().map(|id| special.get(id).is_some_and(|t| t.special)).collect(),
+            word_ids: vec![None; ids.len()],
+            sequence_ids: vec![Some(0); ids.len()],
+            input_tokens: tokens,
+            truncated: tokens > ids.len(),
+        })
+    }
+
+    /// Tokens in the vocabulary, added tokens included.
+    pub fn vocab_size(&self) -> usize {
+        self.inner.get_vocab_size(true)
     }
 
     /// Encodes a pair of texts as the model's tokenizer pairs them (BERT `[CLS] a [SEP] b [SEP]`
@@ -389,6 +428,14 @@ fn read_json(path: &Path) -> serde_json::Value {
         .ok()
         .and_then(|text| serde_json::from_str(&text).ok())
         .unwrap_or_default()
+}
+
+/// Checks token ids (an input given as ids) to be below `vocabulary`.
+pub fn check_ids(ids: &[u32], vocabulary: usize) -> Result<(), TokenizeError> {
+    match ids.iter().enumerate().find(|(_, id)| **id as usize >= vocabulary) {
+        Some((index, &id)) => Err(TokenizeError::UnknownId { index, id, vocabulary }),
+        None => Ok(()),
+    }
 }
 
 /// transformers' `special_tokens_map` of the tokenizer in `dir`: each special token that is set

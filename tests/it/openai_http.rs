@@ -43,13 +43,16 @@ fn assert_close(ours: &[f64], theirs: &[f32], what: &str) {
 async fn the_openai_client_embeds_and_reranks_as_grpc_does_and_gets_openai_errors() {
     let server = start_ready(settings()).await;
     let base_url = format!("http://{}/v1", server.http_addr.expect("the HTTP API is on"));
+    let mut grpc = InferenceClient::new(server.channel().await);
+    let first_ids = token_ids(&mut grpc, "embed", "Olá, você está bem?", true).await;
     let python = venv_python(&["openai"]);
     let script =
         std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/openai/client_calls.py");
+    let ids = serde_json::to_string(&first_ids).unwrap();
     let output = tokio::task::spawn_blocking(move || {
         std::process::Command::new(python)
             .arg(script)
-            .args([&base_url, "embed", "rerank"])
+            .args([&base_url, "embed", "rerank", &ids])
             .output()
             .unwrap()
     })
@@ -61,7 +64,6 @@ async fn the_openai_client_embeds_and_reranks_as_grpc_does_and_gets_openai_error
     assert_eq!(out["models"], serde_json::json!(["embed", "rerank"]));
     assert_eq!(out["model"], "embed");
 
-    let mut grpc = InferenceClient::new(server.channel().await);
     let texts = ["Olá, você está bem?", "A ação foi concluída com sucesso.", "São Paulo"];
     let embedded = grpc
         .embed(pb::EmbedRequest {
@@ -81,6 +83,10 @@ async fn the_openai_client_embeds_and_reranks_as_grpc_does_and_gets_openai_error
         assert_close(&floats(&out["embeddings_float"][i]), &embedding.pooled, "float");
     }
     assert_close(&floats(&out["embedding_one"]), &embedded.embeddings[0].pooled, "one string");
+    // The same text as the model's token ids (special tokens included) embeds the same.
+    for way in ["embedding_ids", "embedding_ids_list"] {
+        assert_close(&floats(&out[way]), &embedded.embeddings[0].pooled, way);
+    }
     assert_eq!(out["indices"], serde_json::json!([0, 1, 2]));
     assert_eq!(out["usage"].as_u64(), Some(embedded.metadata.unwrap().input_tokens));
     let short = floats(&out["embedding_short"]);
@@ -120,9 +126,13 @@ async fn the_openai_client_embeds_and_reranks_as_grpc_does_and_gets_openai_error
         shape(error("too_many_dimensions"), 400, "invalid_request_error", Some("dimensions")),
         "`dimensions` must be between 1 and the model's 32 dimensions, not 100000"
     );
-    assert!(
-        shape(error("token_ids"), 400, "invalid_request_error", Some("input"))
-            .contains("token ids")
+    assert_eq!(
+        shape(error("token_ids"), 400, "invalid_request_error", Some("input")),
+        "input[0]: token_ids[2]: 999999 is not a token id of this model (vocabulary 512)"
+    );
+    assert_eq!(
+        shape(error("negative_id"), 400, "invalid_request_error", Some("input")),
+        "`input[0]` must be a token id (a non-negative integer), not -1"
     );
 
     let ranked = grpc
@@ -159,6 +169,25 @@ async fn the_openai_client_embeds_and_reranks_as_grpc_does_and_gets_openai_error
     assert_eq!(out["not_json"]["body"]["error"]["type"], "invalid_request_error");
     assert_eq!(out["no_route"]["status"], 404);
     assert_eq!(out["no_route"]["body"]["error"]["message"], "no route /v1/nowhere");
+}
+
+/// The model's token ids for `text`, from lote's gRPC Tokenize.
+async fn token_ids(
+    grpc: &mut InferenceClient<tonic::transport::Channel>,
+    model: &str,
+    text: &str,
+    special: bool,
+) -> Vec<u32> {
+    let tokenized = grpc
+        .tokenize(pb::TokenizeRequest {
+            model: model.into(),
+            inputs: vec![text.into()],
+            add_special_tokens: Some(special),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    tokenized.results[0].tokens.iter().map(|t| t.id).collect()
 }
 
 fn texts_of(value: &Value) -> Vec<String> {
@@ -203,6 +232,10 @@ async fn completions_and_chat_through_the_openai_client_equal_grpc_and_transform
     let conversations: Vec<&Value> = chats.iter().map(|c| &c["messages"]).collect();
     let server = start_ready(settings).await;
     let base_url = format!("http://{}/v1", server.http_addr.expect("the HTTP API is on"));
+    let mut grpc = InferenceClient::new(server.channel().await);
+    let prompt = "O rato roeu a roupa do rei de Roma";
+    let prompt_ids =
+        serde_json::to_string(&token_ids(&mut grpc, "gen", prompt, false).await).unwrap();
     let python = venv_python(&["openai"]);
     let script =
         std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/openai/generation_calls.py");
@@ -212,7 +245,7 @@ async fn completions_and_chat_through_the_openai_client_equal_grpc_and_transform
     let output = tokio::task::spawn_blocking(move || {
         std::process::Command::new(python)
             .arg(script)
-            .args([&base_url, "gen", "chat", &conversations, &completion_prompt])
+            .args([&base_url, "gen", "chat", &conversations, &completion_prompt, &prompt_ids])
             .output()
             .unwrap()
     })
@@ -221,8 +254,6 @@ async fn completions_and_chat_through_the_openai_client_equal_grpc_and_transform
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
     let out: Value = serde_json::from_slice(&output.stdout).unwrap();
 
-    let mut grpc = InferenceClient::new(server.channel().await);
-    let prompt = "O rato roeu a roupa do rei de Roma";
     let greedy = pb::GenerationParameters {
         max_new_tokens: Some(12),
         do_sample: Some(false),
@@ -230,6 +261,12 @@ async fn completions_and_chat_through_the_openai_client_equal_grpc_and_transform
     };
     let expected = grpc_generate(&mut grpc, prompt, greedy.clone()).await;
     assert_eq!(texts_of(&out["greedy"]["texts"]), [expected.as_str()]);
+    assert_eq!(
+        texts_of(&out["greedy_ids"]["texts"]),
+        [expected.as_str()],
+        "the prompt as token ids"
+    );
+    assert_eq!(out["greedy_ids"]["usage"], out["greedy"]["usage"]);
     assert_eq!(out["greedy"]["object"], "text_completion");
     assert!(out["greedy"]["id"].as_str().unwrap().starts_with("cmpl-"));
     let usage = &out["greedy"]["usage"];
@@ -401,7 +438,10 @@ async fn completions_and_chat_through_the_openai_client_equal_grpc_and_transform
         shape(error("bad_n"), 400, Some("n")),
         "`n` must be an integer from 1 to 128, not 0"
     );
-    assert!(shape(error("token_prompt"), 400, Some("prompt")).contains("token ids"));
+    assert_eq!(
+        shape(error("token_prompt"), 400, Some("prompt")),
+        "token_ids[1]: 400 is not a token id of this model (vocabulary 400)"
+    );
     assert!(
         shape(error("too_long"), 400, None).contains("max_new_tokens (100000)"),
         "{}",

@@ -109,6 +109,11 @@ fn each_bad_generation_input_is_its_own_error() {
         r#"{"id": "temperature", "text": "Olá", "params": {"do_sample": true, "temperature": -0.5}}"#,
         r#"{"id": "stop", "text": "Olá", "params": {"stop": 42}}"#,
         r#"{"id": "unknown", "text": "Olá", "params": {"beam_width": 4}}"#,
+        r#"{"id": "bad_word", "text": "Olá", "params": {"bad_words_ids": [[1000000000]]}}"#,
+        r#"{"id": "top_k", "text": "Olá", "params": {"top_k": "três"}}"#,
+        r#"{"id": "negative", "text": "Olá", "params": {"max_new_tokens": -3}}"#,
+        r#"{"id": "eos", "text": "Olá", "params": {"eos_token_id": [399, 400]}}"#,
+        r#"{"id": "ok_after", "text": "Ação", "params": {"max_new_tokens": 3}}"#,
     ];
     let (code, out, stderr) = run("gpt2", "text-generation", &lines);
     assert_eq!(code, 1, "{stderr}");
@@ -128,6 +133,17 @@ fn each_bad_generation_input_is_its_own_error() {
     assert_eq!(error(7), "temperature must be positive, not -0.5");
     assert_eq!(error(8), "bad params: `stop` must be a string or a list of strings, not 42");
     assert_eq!(error(9), "bad params: unknown parameter `beam_width`");
+    assert_eq!(
+        error(10),
+        "bad params: `bad_words_ids[0][0]`: 1000000000 is not a token id of this model (vocabulary 400)"
+    );
+    assert_eq!(error(11), "bad params: `top_k`: expected an integer, got \"três\"");
+    assert_eq!(error(12), "bad params: `max_new_tokens`: expected a non-negative integer, got -3");
+    assert_eq!(
+        error(13),
+        "bad params: `eos_token_id[1]`: 400 is not a token id of this model (vocabulary 400)"
+    );
+    assert!(out[14]["error"].is_null(), "the line after the bad ones answers: {}", out[14]);
 }
 
 #[test]

@@ -2,7 +2,9 @@
 which the client has no method for, plain urllib as a curl script would): one JSON object with
 each answer or error on stdout.
 
-Usage: python tests/openai/client_calls.py BASE_URL EMBED_MODEL RERANK_MODEL
+Usage: python tests/openai/client_calls.py BASE_URL EMBED_MODEL RERANK_MODEL TOKEN_IDS_JSON
+
+TOKEN_IDS_JSON: the embedding model's token ids of the first text, special tokens included.
 """
 
 import json
@@ -12,7 +14,8 @@ import urllib.request
 
 import openai
 
-base_url, embed_model, rerank_model = sys.argv[1:4]
+base_url, embed_model, rerank_model, first_ids = sys.argv[1:5]
+first_ids = json.loads(first_ids)
 client = openai.OpenAI(base_url=base_url, api_key="not-needed-on-loopback", max_retries=0)
 out = {}
 
@@ -30,6 +33,10 @@ out["embeddings"] = [d.embedding for d in default.data]
 out["embeddings_float"] = [d.embedding for d in floats.data]
 out["embedding_one"] = one.data[0].embedding
 out["embedding_short"] = short.data[0].embedding
+out["embedding_ids"] = client.embeddings.create(
+    model=embed_model, input=first_ids, encoding_format="float").data[0].embedding
+out["embedding_ids_list"] = client.embeddings.create(
+    model=embed_model, input=[first_ids]).data[0].embedding
 out["indices"] = [d.index for d in default.data]
 out["usage"] = default.usage.prompt_tokens
 
@@ -50,7 +57,9 @@ out["errors"] = {
     "blank_text": error_of(lambda: client.embeddings.create(model=embed_model, input=["ok", "  "])),
     "too_many_dimensions": error_of(
         lambda: client.embeddings.create(model=embed_model, input="a", dimensions=100000)),
-    "token_ids": error_of(lambda: client.embeddings.create(model=embed_model, input=[[1, 2, 3]])),
+    "token_ids": error_of(
+        lambda: client.embeddings.create(model=embed_model, input=[[1, 2, 999999]])),
+    "negative_id": error_of(lambda: client.embeddings.create(model=embed_model, input=[-1, 2])),
 }
 
 

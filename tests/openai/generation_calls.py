@@ -3,9 +3,11 @@ client: plain, streamed, n > 1, seeded, stop strings, echo, and the bad inputs; 
 with each answer or error on stdout.
 
 Usage: python tests/openai/generation_calls.py BASE_URL GEN_MODEL CHAT_MODEL MESSAGES_JSON PROMPT
+    PROMPT_IDS_JSON
 
 MESSAGES_JSON is a list of conversations (lists of messages) to chat with greedily; PROMPT is
-completed greedily by CHAT_MODEL with log-probabilities.
+completed greedily by CHAT_MODEL with log-probabilities; PROMPT_IDS_JSON is GEN_MODEL's token
+ids of the completions' prompt.
 """
 
 import json
@@ -14,7 +16,8 @@ import urllib.request
 
 import openai
 
-base_url, gen_model, chat_model, conversations, chat_model_prompt = sys.argv[1:6]
+base_url, gen_model, chat_model, conversations, chat_model_prompt, prompt_ids = sys.argv[1:7]
+prompt_ids = json.loads(prompt_ids)
 conversations = json.loads(conversations)
 client = openai.OpenAI(base_url=base_url, api_key="not-needed-on-loopback", max_retries=0)
 out = {}
@@ -52,6 +55,8 @@ def streamed(chunks, chat=False):
 
 out["greedy"] = completion(client.completions.create(
     model=gen_model, prompt=prompt, max_tokens=12, temperature=0))
+out["greedy_ids"] = completion(client.completions.create(
+    model=gen_model, prompt=prompt_ids, max_tokens=12, temperature=0))
 out["greedy_list"] = completion(client.completions.create(
     model=gen_model, prompt=[prompt, "Ação e coração"], max_tokens=12, temperature=0, n=2))
 out["greedy_stream"] = streamed(client.completions.create(
@@ -164,7 +169,7 @@ out["errors"] = {
         model=gen_model, prompt=prompt, temperature=5)),
     "bad_n": error_of(lambda: client.completions.create(model=gen_model, prompt=prompt, n=0)),
     "token_prompt": error_of(lambda: client.completions.create(
-        model=gen_model, prompt=[1, 2, 3])),
+        model=gen_model, prompt=[1, 400, 3])),
     "too_long": error_of(lambda: client.completions.create(
         model=gen_model, prompt=prompt, max_tokens=100000)),
     "stream_too_long": stream_error_of(lambda: client.completions.create(
