@@ -12,7 +12,7 @@ use serde_json::{Map, Value};
 
 use super::{
     HttpState,
-    choices::{Call, Prompt, Shape},
+    choices::{Call, Prompt, Shape, check_choice_count},
     error::ApiError,
     model_name,
     sampling::{Route, sampling},
@@ -82,15 +82,7 @@ pub async fn create(
     let model = model_name(&body)?;
     let messages = messages(body.get("messages"))?;
     let sampling = sampling(&mut body, Route::Chat)?;
-    if sampling.n > state.limits.max_inputs_per_call {
-        return Err(ApiError::invalid(
-            Some("n"),
-            format!(
-                "n = {}: more than server.limits.max_inputs_per_call ({})",
-                sampling.n, state.limits.max_inputs_per_call
-            ),
-        ));
-    }
+    check_choice_count(1, sampling.n, state.limits.max_inputs_per_call)?;
     let service = served_generator(&state, &model, Task::TextGeneration)?.clone();
     let pipeline = service.pipeline();
     let text = pipeline.chat_prompt(&messages).map_err(|e| match e {

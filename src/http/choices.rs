@@ -117,6 +117,21 @@ pub struct Call {
     pub shape: Shape,
 }
 
+/// Refuses a call of `prompts` x `n` choices over `server.limits.max_inputs_per_call`.
+pub fn check_choice_count(prompts: usize, n: usize, limit: usize) -> Result<(), ApiError> {
+    if prompts * n <= limit {
+        return Ok(());
+    }
+    Err(ApiError::invalid(
+        Some("n"),
+        format!(
+            "{prompts} prompts x n = {} choices: more than server.limits.max_inputs_per_call \
+             ({limit})",
+            prompts * n
+        ),
+    ))
+}
+
 fn finish_reason(reason: FinishReason) -> &'static str {
     match reason {
         FinishReason::Eos | FinishReason::StopString => "stop",

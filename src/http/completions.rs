@@ -9,7 +9,7 @@ use serde_json::{Map, Value};
 
 use super::{
     HttpState,
-    choices::{Call, Prompt, Shape},
+    choices::{Call, Prompt, Shape, check_choice_count},
     error::ApiError,
     inputs::inputs,
     model_name,
@@ -43,17 +43,7 @@ pub async fn create(
     let texts = prompts(body.get("prompt"))?;
     let tokenizer = &served_generator(&state, &model, Task::TextGeneration)?.pipeline().tokenizer;
     let sampling = sampling(&mut body, Route::Completions)?;
-    let choices = texts.len() * sampling.n;
-    if choices > state.limits.max_inputs_per_call {
-        return Err(ApiError::invalid(
-            Some("n"),
-            format!(
-                "{} prompts x n = {choices} choices: more than server.limits.max_inputs_per_call ({})",
-                texts.len(),
-                state.limits.max_inputs_per_call
-            ),
-        ));
-    }
+    check_choice_count(texts.len(), sampling.n, state.limits.max_inputs_per_call)?;
     let service = served_generator(&state, &model, Task::TextGeneration)?.clone();
     let max_new_tokens = sampling.max_tokens.unwrap_or(DEFAULT_MAX_TOKENS);
     let mut prompts = Vec::with_capacity(texts.len());

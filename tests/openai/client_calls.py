@@ -13,6 +13,7 @@ import urllib.error
 import urllib.request
 
 import openai
+from refusals import error_of
 
 base_url, embed_model, rerank_model, first_ids = sys.argv[1:5]
 first_ids = json.loads(first_ids)
@@ -39,15 +40,6 @@ out["embedding_ids_list"] = client.embeddings.create(
     model=embed_model, input=[first_ids]).data[0].embedding
 out["indices"] = [d.index for d in default.data]
 out["usage"] = default.usage.prompt_tokens
-
-
-def error_of(call):
-    try:
-        call()
-    except openai.APIStatusError as e:
-        body = e.body if isinstance(e.body, dict) else {}
-        return {"status": e.status_code, "error": body}
-    return None
 
 
 out["errors"] = {

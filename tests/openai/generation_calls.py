@@ -15,6 +15,7 @@ import sys
 import urllib.request
 
 import openai
+from refusals import error_of
 
 base_url, gen_model, chat_model, conversations, chat_model_prompt, prompt_ids = sys.argv[1:7]
 prompt_ids = json.loads(prompt_ids)
@@ -142,15 +143,6 @@ legacy = client.completions.create(model=chat_model, prompt=chat_model_prompt, m
 out["completion_logprobs"] = {"text": legacy.choices[0].text,
                               **legacy.choices[0].logprobs.model_dump()}
 out["chat_n"] = chat(conversations[0], max_completion_tokens=6, n=2, seed=7)
-
-
-def error_of(call):
-    try:
-        call()
-    except openai.APIStatusError as e:
-        body = e.body if isinstance(e.body, dict) else {}
-        return {"status": e.status_code, "error": body}
-    return None
 
 
 def stream_error_of(call):
