@@ -91,11 +91,16 @@ pub async fn create(
         }
         other => ApiError::invalid(Some("messages"), other.to_string()),
     })?;
-    let prompt_tokens = pipeline
+    // Tokenized once here (as transformers tokenizes the rendered text, no special tokens
+    // added) and handed to the engine as ids.
+    let token_ids = pipeline
         .tokenizer
         .encode_plain(&text)
-        .map_err(|e| ApiError::invalid(Some("messages"), e.to_string()))?
-        .len();
+        .map_err(|e| ApiError::invalid(Some("messages"), e.to_string()))?;
+    if token_ids.is_empty() {
+        return Err(ApiError::invalid(Some("messages"), "the chat template rendered no text"));
+    }
+    let prompt_tokens = token_ids.len();
     let room = pipeline.max_positions.saturating_sub(prompt_tokens);
     if room == 0 {
         return Err(ApiError {
@@ -110,7 +115,8 @@ pub async fn create(
         });
     }
     let max_new_tokens = sampling.max_tokens.unwrap_or(room);
-    let prompts = vec![Prompt { input: TaskInput::Text { text }, max_new_tokens, echo: None }];
+    let prompts =
+        vec![Prompt { input: TaskInput::TokenIds { token_ids }, max_new_tokens, echo: None }];
     Call { model, service, prompts, sampling, shape: Shape::Chat }.answer().await
 }
 
