@@ -188,8 +188,29 @@ impl Server {
             pool.clone(),
         )));
         let models = limited!(ModelsServer::new(ModelsService::new(registry.clone())));
+        let http_state = crate::http::HttpState {
+            registry: registry.clone(),
+            limits: limits.clone(),
+            keys: self.keys.clone(),
+            started: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs()),
+            calls: crate::http::Calls::Interactive,
+            batches: None,
+        };
+        // Job documents of OpenAI batches run through the HTTP routes; lote's own through
+        // the engine.
+        let executor = Arc::new(crate::http::batch::executor::BatchExecutor::new(
+            Arc::new(crate::jobs::worker::EngineExecutor::new(registry.clone())),
+            &http_state,
+        ));
         let (jobs, consumers) =
-            crate::jobs::runtime::prepare(&self.settings, self.store.clone(), registry.clone());
+            crate::jobs::runtime::prepare_with(&self.settings, self.store.clone(), executor);
+        let batches = crate::http::batch::BatchContext {
+            jobs: jobs.clone(),
+            registry: registry.clone(),
+            limits: limits.clone(),
+        };
         let jobs = limited!(JobsServer::new(JobsService::new(jobs, limits.max_documents_per_job)));
 
         // `stopping` turns true once the drain is over and the server stops accepting calls.
@@ -214,15 +235,10 @@ impl Server {
                 let _ = stopping.wait_for(|stop| *stop).await;
             }))
         });
+        let batch_task =
+            tokio::spawn(crate::http::batch::lifecycle::run(batches.clone(), stopping.clone()));
         let http_task = self.http.map(|listener| {
-            let state = Arc::new(crate::http::HttpState {
-                registry: registry.clone(),
-                limits: limits.clone(),
-                keys: self.keys.clone(),
-                started: std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map_or(0, |d| d.as_secs()),
-            });
+            let state = Arc::new(crate::http::HttpState { batches: Some(batches), ..http_state });
             let mut stopping = stopping.clone();
             tokio::spawn(crate::http::serve(listener, state, async move {
                 let _ = stopping.wait_for(|stop| *stop).await;
@@ -321,6 +337,7 @@ impl Server {
         for task in [metrics_task, http_task].into_iter().flatten() {
             let _ = task.await;
         }
+        let _ = batch_task.await;
         info!("stopped");
         Ok(result?)
     }

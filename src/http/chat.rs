@@ -117,7 +117,9 @@ pub async fn create(
     let max_new_tokens = sampling.max_tokens.unwrap_or(room);
     let prompts =
         vec![Prompt { input: TaskInput::TokenIds { token_ids }, max_new_tokens, echo: None }];
-    Call { model, service, prompts, sampling, shape: Shape::Chat }.answer().await
+    Call { model, service, prompts, sampling, shape: Shape::Chat, calls: state.calls }
+        .answer()
+        .await
 }
 
 #[cfg(test)]

@@ -115,6 +115,7 @@ pub struct Call {
     pub prompts: Vec<Prompt>,
     pub sampling: Sampling,
     pub shape: Shape,
+    pub calls: super::Calls,
 }
 
 /// Refuses a call of `prompts` x `n` choices over `server.limits.max_inputs_per_call`.
@@ -208,7 +209,7 @@ impl Call {
         for (_, input, params) in &runs {
             items.push((input.clone(), self.parse(params)?));
         }
-        let answered = self.service.generate(items, Lane::Interactive, None).await?;
+        let answered = self.calls.generate(&self.service, items).await?;
         let tokenizer = &self.service.pipeline().tokenizer;
         let n = self.sampling.n;
         let per_prompt = runs.len() / self.prompts.len();

@@ -60,7 +60,9 @@ pub async fn create(
         };
         prompts.push(Prompt { input, echo, max_new_tokens });
     }
-    Call { model, service, prompts, sampling, shape: Shape::Completion }.answer().await
+    Call { model, service, prompts, sampling, shape: Shape::Completion, calls: state.calls }
+        .answer()
+        .await
 }
 
 #[cfg(test)]

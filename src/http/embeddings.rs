@@ -12,7 +12,6 @@ use serde_json::{Map, Value, json};
 
 use super::{HttpState, error::ApiError, inputs::inputs, model_name, served_encoder, usage};
 use crate::{
-    engine::policy::Lane,
     settings::Task,
     tasks::{Embedding, TaskOutput},
 };
@@ -85,7 +84,7 @@ pub async fn create(
         .parse_params(&Value::Object(Map::new()))
         .map_err(|e| ApiError::invalid(None, e.to_string()))?;
     let items = inputs.into_iter().map(|input| (input, params.clone())).collect();
-    let answered = service.answer(items, Lane::Interactive, None).await?;
+    let answered = state.calls.answer(service, items).await?;
     let mut data = Vec::with_capacity(answered.results.len());
     for (index, result) in answered.results.into_iter().enumerate() {
         let result = result.map_err(|e| ApiError {

@@ -1,8 +1,10 @@
 //! The OpenAI-compatible HTTP API on `server.http_addr` (axum): the routes the `openai` client,
 //! LangChain, LlamaIndex and curl scripts call, answered by the same engine as gRPC in the
-//! interactive lane, so HTTP and gRPC calls share batches. Each route is a module of its own;
+//! interactive lane, so HTTP and gRPC calls share batches; and OpenAI's Batch API on lote's
+//! durable jobs ([`batch`]). Each route is a module of its own;
 //! errors take OpenAI's shape, mapped from the engine's in one place ([`error`]).
 
+pub mod batch;
 mod chat;
 mod choices;
 mod completions;
@@ -27,12 +29,55 @@ use error::ApiError;
 use crate::{
     auth::ApiKeys,
     engine::{
+        call::{Answered, EngineError},
         encoder::EncoderService,
         generation::GenerationService,
+        policy::Lane,
         registry::{Registry, ServedModel},
     },
     settings::{LimitSettings, Task},
+    tasks::{
+        TaskInput, TaskResult,
+        generate::{GenerationParams, GenerationResult},
+        pipeline::TaskParams,
+    },
 };
+
+/// How a route's calls reach the engine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Calls {
+    /// An HTTP call: the interactive lane, batched with gRPC's.
+    Interactive,
+    /// A batch line: the bulk lane, and a batch of its own (`alone`) when it is retried after
+    /// a model failure, as every job document is.
+    Bulk { alone: bool },
+}
+
+impl Calls {
+    async fn answer(
+        self,
+        service: &EncoderService,
+        items: Vec<(TaskInput, TaskParams)>,
+    ) -> Result<Answered<TaskResult>, EngineError> {
+        match self {
+            Calls::Interactive => service.answer(items, Lane::Interactive, None).await,
+            Calls::Bulk { alone: false } => service.answer(items, Lane::Bulk, None).await,
+            Calls::Bulk { alone: true } => service.answer_alone(items).await,
+        }
+    }
+
+    async fn generate(
+        self,
+        service: &GenerationService,
+        items: Vec<(TaskInput, GenerationParams)>,
+    ) -> Result<Answered<GenerationResult>, EngineError> {
+        match self {
+            Calls::Interactive => service.generate(items, Lane::Interactive, None).await,
+            Calls::Bulk { alone: false } => service.generate(items, Lane::Bulk, None).await,
+            Calls::Bulk { alone: true } => service.generate_alone(items).await,
+        }
+    }
+}
 
 /// What every route reads.
 pub struct HttpState {
@@ -42,6 +87,9 @@ pub struct HttpState {
     pub started: u64,
     /// None: calls need no key.
     pub keys: Option<ApiKeys>,
+    pub calls: Calls,
+    /// What the Batch API works with (None: its routes answer 503).
+    pub batches: Option<batch::BatchContext>,
 }
 
 pub fn router(state: Arc<HttpState>) -> Router {
@@ -53,6 +101,18 @@ pub fn router(state: Arc<HttpState>) -> Router {
         .route("/v1/completions", post(completions::create))
         .route("/v1/chat/completions", post(chat::create))
         .route("/v1/rerank", post(rerank::create))
+        .route(
+            "/v1/files",
+            get(batch::files::list)
+                .post(batch::files::upload)
+                // An upload is streamed into the store; its own limit is max_batch_file_bytes.
+                .layer(axum::extract::DefaultBodyLimit::disable()),
+        )
+        .route("/v1/files/{id}", get(batch::files::get).delete(batch::files::delete))
+        .route("/v1/files/{id}/content", get(batch::files::content))
+        .route("/v1/batches", get(batch::list).post(batch::create))
+        .route("/v1/batches/{id}", get(batch::get))
+        .route("/v1/batches/{id}/cancel", post(batch::cancel))
         .fallback(error::unknown_route)
         .layer(axum::middleware::from_fn_with_state(state.clone(), authorize))
         .layer(axum::extract::DefaultBodyLimit::max(body_limit))

@@ -9,7 +9,7 @@ use serde_json::{Map, Value, json};
 
 use super::{HttpState, error::ApiError, model_name, served_encoder, usage};
 use crate::{
-    engine::{call::EngineError, policy::Lane},
+    engine::call::EngineError,
     settings::Task,
     tasks::{TaskInput, TaskOutput, rerank},
 };
@@ -58,7 +58,7 @@ pub async fn create(
         .parse_params(&Value::Object(params))
         .map_err(|e| ApiError::invalid(Some("top_n"), e.to_string()))?;
     let input = TaskInput::Query { query, documents: documents.clone() };
-    let answered = service.answer(vec![(input, params)], Lane::Interactive, None).await?;
+    let answered = state.calls.answer(service, vec![(input, params)]).await?;
     let result = answered.results.into_iter().next().expect("one result for one input");
     let result = result.map_err(|e| ApiError::from(EngineError::Invalid(e.to_string())))?;
     let TaskOutput::Ranking(ranked) = result.output else { unreachable!("rerank gives a ranking") };

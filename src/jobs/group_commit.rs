@@ -96,7 +96,8 @@ mod tests {
             model: "m".into(),
             params: json!({}),
             external: false,
-            external_total: 0,
+            arriving_later: 0,
+            endpoint: None,
         };
         let new: Vec<NewDocument> = (0..documents)
             .map(|i| NewDocument {

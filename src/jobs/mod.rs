@@ -7,6 +7,7 @@
 //! never write a second result.
 
 pub mod amqp;
+pub mod batch_store;
 pub mod group_commit;
 pub mod local;
 pub mod runtime;
@@ -59,9 +60,14 @@ pub struct NewJob {
     pub model: String,
     /// Parameters for every document (a JSON object, `lote run --param` names).
     pub params: Value,
-    /// Documents published straight to the queue by the caller: `external_total` of them.
+    /// Documents published straight to the queue by the caller.
     pub external: bool,
-    pub external_total: usize,
+    /// Documents counted in the job's total that arrive after it is created: published by the
+    /// caller (external), or appended from a batch file ([`store::JobStore::append_documents`]).
+    pub arriving_later: usize,
+    /// The OpenAI route (`/v1/chat/completions`, ...) a batch job's documents are bodies of;
+    /// None for lote's own jobs, whose documents are input fields.
+    pub endpoint: Option<String>,
 }
 
 /// A document to create: its input fields (`text`, or `question` and `context`) and its own
@@ -85,6 +91,7 @@ pub struct JobRecord {
     pub succeeded: i64,
     pub failed: i64,
     pub external: bool,
+    pub endpoint: Option<String>,
     pub created_ms: i64,
     pub started_ms: Option<i64>,
     pub finished_ms: Option<i64>,

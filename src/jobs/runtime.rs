@@ -9,11 +9,11 @@ use tokio::sync::watch;
 use super::{
     amqp,
     local::{self, LocalQueueHandle},
-    service::{Dispatch, Jobs, sweep_unpublished},
+    service::{Dispatch, Jobs, sweep_ended, sweep_unpublished},
     store::JobStore,
-    worker::{DocumentHandler, EngineExecutor, Executor},
+    worker::{DocumentHandler, Executor},
 };
-use crate::{engine::registry::Registry, settings::Settings};
+use crate::settings::Settings;
 
 /// Starts consuming documents when the models are ready.
 pub struct Consumers {
@@ -22,15 +22,12 @@ pub struct Consumers {
     dispatch: Dispatch,
     amqp: crate::settings::AmqpSettings,
     models: Vec<String>,
+    /// How long ended jobs are kept (`jobs.retention`).
+    retention: std::time::Duration,
 }
 
-/// The jobs of a worker serving `registry`'s models.
-pub fn prepare(settings: &Settings, store: JobStore, registry: Arc<Registry>) -> (Jobs, Consumers) {
-    let executor: Arc<dyn Executor> = Arc::new(EngineExecutor::new(registry));
-    prepare_with(settings, store, executor)
-}
-
-/// The same with any executor (tests about delivery use a stand-in model).
+/// The jobs of a worker computing documents with `executor` (the engine, through the HTTP
+/// routes for batch lines; a stand-in model in tests about delivery).
 pub fn prepare_with(
     settings: &Settings,
     store: JobStore,
@@ -58,6 +55,7 @@ pub fn prepare_with(
         dispatch,
         amqp: settings.amqp.clone(),
         models: settings.models.iter().map(|m| m.name.clone()).collect(),
+        retention: settings.jobs.retention,
     };
     (jobs, consumers)
 }
@@ -65,6 +63,12 @@ pub fn prepare_with(
 impl Consumers {
     /// Consumes until `stop` turns true; in-flight documents finish first.
     pub async fn run(self, stop: watch::Receiver<bool>) {
+        let retention = tokio::spawn(sweep_ended(self.store.clone(), self.retention, stop.clone()));
+        self.consume(stop).await;
+        let _ = retention.await;
+    }
+
+    async fn consume(self, stop: watch::Receiver<bool>) {
         match self.dispatch {
             Dispatch::Local(handle) => {
                 let concurrency = usize::from(self.amqp.prefetch);

@@ -113,7 +113,8 @@ impl Jobs {
             model,
             params,
             external: external_documents > 0,
-            external_total: external_documents,
+            arriving_later: external_documents,
+            endpoint: None,
         };
         let (record, created) = self.store.create_job(&job, &documents).await?;
         if created {
@@ -123,8 +124,9 @@ impl Jobs {
         Ok(record)
     }
 
-    /// Wakes the local queue, or publishes what is stored and unpublished.
-    async fn dispatch(&self) {
+    /// Wakes the local queue, or publishes what is stored and unpublished (after documents
+    /// were stored by another way in: a batch file's lines).
+    pub async fn dispatch(&self) {
         match &self.dispatch {
             Dispatch::Local(handle) => handle.wake(),
             Dispatch::Amqp(publisher) => {
@@ -147,6 +149,33 @@ impl Jobs {
 
     pub async fn cancel(&self, id: &str) -> Result<JobRecord, JobError> {
         self.store.cancel_job(id).await?.ok_or_else(|| JobError::NotFound(id.to_string()))
+    }
+}
+
+/// Deletes ended jobs older than `retention` (with their documents, results and batches), at
+/// start and then every quarter of the retention (at most a minute apart), until `stop`.
+pub async fn sweep_ended(
+    store: JobStore,
+    retention: Duration,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let every = (retention / 4).clamp(Duration::from_millis(100), Duration::from_secs(60));
+    loop {
+        let before = super::store::now_ms() - retention.as_millis() as i64;
+        loop {
+            match store.delete_ended_jobs(before, 100).await {
+                Ok(0) => break,
+                Ok(n) => tracing::info!(jobs = n, ?retention, "deleted jobs past their retention"),
+                Err(error) => {
+                    tracing::debug!(%error, "retention sweep: store unreachable");
+                    break;
+                }
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = stopped(&mut stop) => return,
+        }
     }
 }
 

@@ -39,11 +39,11 @@ pub fn now_ms() -> i64 {
 
 #[derive(Clone)]
 pub struct JobStore {
-    pool: AnyPool,
+    pub(super) pool: AnyPool,
 }
 
 const JOB_COLUMNS: &str = "id, idempotency_key, task, model, params, state, total, succeeded, \
-                           failed, external, created_ms, started_ms, finished_ms";
+                           failed, external, endpoint, created_ms, started_ms, finished_ms";
 const DOCUMENT_COLUMNS: &str =
     "job_id, seq, custom_id, input, params, state, result, error, finished_ms";
 
@@ -96,10 +96,10 @@ impl JobStore {
         }
         let now = now_ms();
         let mut tx = self.pool.begin().await?;
-        let total = if job.external { job.external_total as i64 } else { documents.len() as i64 };
+        let total = documents.len() as i64 + job.arriving_later as i64;
         let inserted = sqlx::query(
             "INSERT INTO jobs (id, idempotency_key, task, model, params, state, total, external, \
-             created_ms) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+             endpoint, created_ms) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
         )
         .bind(&job.id)
         .bind(job.idempotency_key.clone())
@@ -109,6 +109,7 @@ impl JobStore {
         .bind(JobState::Queued.as_str())
         .bind(total)
         .bind(job.external as i64)
+        .bind(job.endpoint.clone())
         .bind(now)
         .execute(&mut *tx)
         .await;
@@ -163,6 +164,44 @@ impl JobStore {
             .await?;
         tx.commit().await?;
         Ok(true)
+    }
+
+    /// Appends documents `first_seq..` to a job created with `arriving_later` of them (a batch
+    /// file read in chunks): false, and nothing written, once the job is cancelled or over.
+    pub async fn append_documents(
+        &self,
+        job: &str,
+        first_seq: i64,
+        documents: &[NewDocument],
+    ) -> Result<bool, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        lock_job(&mut tx, job).await?;
+        let state: Option<String> = sqlx::query("SELECT state FROM jobs WHERE id = $1")
+            .bind(job)
+            .fetch_optional(&mut *tx)
+            .await?
+            .map(|row| row.try_get(0))
+            .transpose()?;
+        let live = state
+            .is_some_and(|s| s == JobState::Queued.as_str() || s == JobState::Running.as_str());
+        if !live {
+            return Ok(false);
+        }
+        let now = now_ms();
+        for (i, document) in documents.iter().enumerate() {
+            insert_document(&mut tx, job, first_seq + i as i64, document, now).await?;
+        }
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    /// How many documents a job holds so far.
+    pub async fn document_count(&self, job: &str) -> Result<i64, StoreError> {
+        let row = sqlx::query("SELECT COUNT(*) FROM documents WHERE job_id = $1")
+            .bind(job)
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(row.try_get(0)?)
     }
 
     pub async fn job(&self, id: &str) -> Result<Option<JobRecord>, StoreError> {
@@ -519,6 +558,7 @@ fn job_from_row(row: &sqlx::any::AnyRow) -> Result<JobRecord, StoreError> {
         succeeded: row.try_get("succeeded")?,
         failed: row.try_get("failed")?,
         external: row.try_get::<i64, _>("external")? != 0,
+        endpoint: row.try_get("endpoint")?,
         created_ms: row.try_get("created_ms")?,
         started_ms: row.try_get("started_ms")?,
         finished_ms: row.try_get("finished_ms")?,

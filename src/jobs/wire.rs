@@ -86,11 +86,8 @@ impl DocumentMessage {
         if message.job_id.is_empty() || message.custom_id.is_empty() {
             return Err(WireError::Invalid("job_id and custom_id must not be empty".into()));
         }
-        if message.text.is_none() && message.question.is_none() && message.query.is_none() {
-            return Err(WireError::Invalid(
-                "a document needs `text`, `question` or `query`".into(),
-            ));
-        }
+        // A message without input names a stored document (a batch line's body is stored
+        // only); a document published by its sender needs its input (see `has_input`).
         Ok(message)
     }
 
@@ -129,6 +126,11 @@ impl DocumentMessage {
                 .map(|items| items.iter().filter_map(|d| d.as_str().map(String::from)).collect()),
             params: document.params.as_ref().and_then(|p| p.as_object().cloned()),
         }
+    }
+
+    /// Whether the message carries input fields (a document published by its sender must).
+    pub fn has_input(&self) -> bool {
+        self.text.is_some() || self.question.is_some() || self.query.is_some()
     }
 
     /// The input fields as stored: `{"text"}`, `{"text", "text_pair"}`, `{"question",
@@ -178,13 +180,21 @@ mod tests {
     }
 
     #[test]
+    fn a_message_without_input_names_a_stored_document() {
+        let message =
+            DocumentMessage::decode(br#"{"job_id": "j", "custom_id": "c"}"#, None).unwrap();
+        assert!(!message.has_input());
+        assert_eq!(message.input(), json!({}));
+        assert!(self::tests::message().has_input());
+    }
+
+    #[test]
     fn malformed_messages_are_permanent_errors_with_reasons() {
         let cases: Vec<(&[u8], Option<&str>)> = vec![
             (b"not json", None),
             (br#"{"job_id": "j", "custom_id": "c", "text": 3}"#, None),
             (br#"{"job_id": "j", "custom_id": "c", "text": "x", "extra": 1}"#, None),
             (b"{\"job_id\": \"j\", \"custom_id\": \"c\", \"text\": \"\xff\"}", None),
-            (br#"{"job_id": "j", "custom_id": "c"}"#, None),
             (br#"{"job_id": "", "custom_id": "c", "text": "x"}"#, None),
             (b"\xff\xff\xff", Some(PROTOBUF)),
             (b"{}", Some("text/plain")),

@@ -252,6 +252,11 @@ impl DocumentHandler {
         }
         let mut document = self.store.document(&job.id, &message.custom_id).await?;
         if document.is_none() && job.external {
+            if !message.has_input() {
+                return Ok(settle(Settle::DeadLetter(
+                    "bad document: a document needs `text`, `question` or `query`".into(),
+                )));
+            }
             let new = NewDocument {
                 custom_id: message.custom_id.clone(),
                 input: message.input(),

@@ -6,6 +6,7 @@
 //! error that names the key and where it came from (see [`load`]) instead of a silently ignored line.
 
 mod load;
+pub mod secrets;
 
 use std::{fmt, net::SocketAddr, path::PathBuf, str::FromStr, time::Duration};
 
@@ -79,6 +80,23 @@ pub struct Settings {
     pub batching: BatchingSettings,
     pub amqp: AmqpSettings,
     pub store: StoreSettings,
+    pub jobs: JobsSettings,
+}
+
+/// What happens to jobs once they end.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct JobsSettings {
+    /// How long an ended job (completed, failed, cancelled) is kept with its documents and
+    /// results before a sweeper deletes it, with its batch, if it was one. Default 7 days.
+    #[serde(with = "humantime_serde")]
+    pub retention: Duration,
+}
+
+impl Default for JobsSettings {
+    fn default() -> Self {
+        Self { retention: Duration::from_secs(7 * 24 * 3600) }
+    }
 }
 
 /// The gRPC endpoint, the metrics endpoint and the limits every call is held to.
@@ -151,6 +169,8 @@ pub struct LimitSettings {
     pub max_concurrent_streams: u32,
     /// Most documents in one job. Default 1,000,000.
     pub max_documents_per_job: usize,
+    /// Largest file uploaded to `POST /v1/files` (a batch's input), in bytes. Default 1 GiB.
+    pub max_batch_file_bytes: usize,
 }
 
 /// How logs are written.
@@ -306,6 +326,7 @@ impl Default for LimitSettings {
             max_input_tokens: 8192,
             max_concurrent_streams: 256,
             max_documents_per_job: 1_000_000,
+            max_batch_file_bytes: 1 << 30,
         }
     }
 }
@@ -358,10 +379,12 @@ impl Settings {
             ("server.limits.max_input_tokens", limits.max_input_tokens),
             ("server.limits.max_concurrent_streams", limits.max_concurrent_streams as usize),
             ("server.limits.max_documents_per_job", limits.max_documents_per_job),
+            ("server.limits.max_batch_file_bytes", limits.max_batch_file_bytes),
             ("batching.max_batch_tokens", self.batching.max_batch_tokens),
             ("batching.max_batch_size", self.batching.max_batch_size),
             ("batching.max_queued", self.batching.max_queued),
             ("amqp.prefetch", self.amqp.prefetch as usize),
+            ("jobs.retention", self.jobs.retention.as_millis().min(usize::MAX as u128) as usize),
             ("amqp.delivery_limit", self.amqp.delivery_limit as usize),
         ] {
             if value == 0 {
@@ -390,7 +413,10 @@ impl Settings {
         if !self.amqp.url.starts_with("amqp://") && !self.amqp.url.starts_with("amqps://") {
             return bad(
                 "amqp.url",
-                format!("`{}` is not an amqp:// or amqps:// URL", self.amqp.url),
+                format!(
+                    "`{}` is not an amqp:// or amqps:// URL",
+                    secrets::masked_url(&self.amqp.url)
+                ),
             );
         }
         if !self.store.url.starts_with("sqlite://")
@@ -399,7 +425,10 @@ impl Settings {
         {
             return bad(
                 "store.url",
-                format!("`{}` is neither sqlite://PATH nor postgres://...", self.store.url),
+                format!(
+                    "`{}` is neither sqlite://PATH nor postgres://...",
+                    secrets::masked_url(&self.store.url)
+                ),
             );
         }
         for (i, model) in self.models.iter().enumerate() {

@@ -19,7 +19,8 @@ async fn job_with_documents(store: &JobStore) -> String {
         model: "m".into(),
         params: json!({}),
         external: false,
-        external_total: 0,
+        arriving_later: 0,
+        endpoint: None,
     };
     let documents: Vec<NewDocument> = (0..DOCUMENTS)
         .map(|i| NewDocument {

@@ -263,3 +263,38 @@ async fn a_worker_killed_mid_job_finishes_it_after_a_restart() {
     assert_eq!((done.state.as_str(), done.succeeded), ("completed", 40));
     assert_every_document_once(&results(&mut client, &job.id, -1).await, 40);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ended_jobs_are_deleted_after_their_retention_and_live_ones_are_not() {
+    let mut settings = settings();
+    settings.jobs.retention = std::time::Duration::from_millis(1500);
+    let server = start_ready(settings).await;
+    let mut client = jobs_client(server.grpc_addr).await;
+    let request = submission("embed", "feature-extraction", "{}", text_documents(3, phrase));
+    let ended = client.submit_job(request).await.unwrap().into_inner();
+    let (job, _) = watch_to_end(&mut client, &ended.id).await;
+    assert_eq!(job.state, "completed");
+    // A job still running (documents published later by their sender) is kept however old.
+    let live = pb::SubmitJobRequest {
+        external_documents: 5,
+        ..submission("embed", "feature-extraction", "{}", vec![])
+    };
+    let live = client.submit_job(live).await.unwrap().into_inner();
+    let get = |id: &str| pb::GetJobRequest { id: id.into() };
+    assert!(client.get_job(get(&ended.id)).await.is_ok(), "kept within its retention");
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        match client.get_job(get(&ended.id)).await {
+            Err(status) if status.code() == Code::NotFound => break,
+            Ok(_) if tokio::time::Instant::now() < deadline => {
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await
+            }
+            other => panic!("the ended job was not deleted after its retention: {other:?}"),
+        }
+    }
+    let results = client
+        .get_results(pb::GetResultsRequest { id: ended.id.clone(), ..Default::default() })
+        .await;
+    assert_eq!(results.unwrap_err().code(), Code::NotFound);
+    assert_eq!(client.get_job(get(&live.id)).await.unwrap().into_inner().state, "queued");
+}

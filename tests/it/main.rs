@@ -25,6 +25,7 @@ mod jobs_amqp;
 mod jobs_local;
 mod minilm;
 mod models_pull;
+mod openai_batch;
 mod openai_http;
 mod pair_tasks;
 mod pipeline_parity;
