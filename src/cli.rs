@@ -185,7 +185,10 @@ fn execute(cli: Cli) -> Result<(), CliError> {
             Ok(client_runtime()?.block_on(crate::hub::pull_command(&args))?)
         }
         Command::Config => {
-            let settings = loader.load()?;
+            let mut settings = loader.load()?;
+            // Passwords stay in the settings file; what is printed shows them masked.
+            settings.amqp.url = crate::settings::secrets::masked_url(&settings.amqp.url);
+            settings.store.url = crate::settings::secrets::masked_url(&settings.store.url);
             print!("{}", toml::to_string_pretty(&settings).expect("settings serialize to TOML"));
             Ok(())
         }

@@ -50,6 +50,7 @@ pub fn prepare(
     tokenizer: &TextTokenizer,
     text: &str,
     params: &FillMaskParams,
+    vocabulary: usize,
 ) -> Result<Prepared, TaskError> {
     let (mask_text, mask_id) = tokenizer
         .mask
@@ -65,21 +66,33 @@ pub fn prepare(
         return Err(TaskError::Invalid(format!("no mask token `{mask_text}` in the input")));
     }
     let targets = match &params.targets {
-        Some(words) => Some(target_ids(tokenizer, words)?),
+        Some(words) => Some(target_ids(tokenizer, words, vocabulary)?),
         None => None,
     };
     Ok(Prepared { encoded, mask_positions, targets })
 }
 
 /// transformers' get_target_ids: the word's own id, else the first token of its encoding;
-/// duplicates removed.
-fn target_ids(tokenizer: &TextTokenizer, words: &[String]) -> Result<Vec<u32>, TaskError> {
+/// duplicates removed. A token the tokenizer has but the model does not (an added token past
+/// the model's vocabulary) is refused by name.
+fn target_ids(
+    tokenizer: &TextTokenizer,
+    words: &[String],
+    vocabulary: usize,
+) -> Result<Vec<u32>, TaskError> {
     let mut ids = Vec::new();
-    for word in words {
+    for (i, word) in words.iter().enumerate() {
         let id = match tokenizer.token_to_id(word) {
             Some(id) => Some(id),
             None => tokenizer.encode_plain(word)?.first().copied(),
         };
+        if let Some(id) = id
+            && id as usize >= vocabulary
+        {
+            return Err(TaskError::Invalid(format!(
+                "bad params: `targets[{i}]`: `{word}` is token {id}, not a token id of this model (vocabulary {vocabulary})"
+            )));
+        }
         ids.extend(id);
     }
     ids.sort_unstable();

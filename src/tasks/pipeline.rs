@@ -488,7 +488,7 @@ impl EncoderPipeline {
                 TaskInput::QuestionContext { question, context },
             ) => Ok(Prepared::Qa(question_answering::prepare(tokenizer, question, context, p)?)),
             (TaskParams::FillMask(p), TaskInput::Text { text }) => {
-                Ok(Prepared::FillMask(fill_mask::prepare(tokenizer, text, p)?))
+                Ok(Prepared::FillMask(fill_mask::prepare(tokenizer, text, p, self.vocab_size)?))
             }
             (TaskParams::TextClassification(p), TaskInput::Text { text }) => {
                 Ok(Prepared::Single(tokenizer.encode(text, p.truncation.single())?))

@@ -283,6 +283,23 @@ fn config_command_prints_effective_settings_as_toml() {
 }
 
 #[test]
+fn config_and_its_errors_never_show_a_password() {
+    let env = [
+        ("LOTE__AMQP__URL", "amqp://lote:segredo-amqp@mq:5672/%2f"),
+        ("LOTE__STORE__URL", "postgres://lote:segredo-pg@db/lote?sslmode=require"),
+    ];
+    let (code, stdout, stderr) = run_lote(&["config"], &env);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(!stdout.contains("segredo"), "{stdout}");
+    assert!(stdout.contains("amqp://lote:***@mq:5672/%2f"), "{stdout}");
+    assert!(stdout.contains("postgres://lote:***@db/lote?sslmode=require"), "{stdout}");
+    let (code, _, stderr) = run_lote(&["config"], &[("LOTE__STORE__URL", "mysql://u:segredo@db")]);
+    assert_eq!(code, 2);
+    assert!(!stderr.contains("segredo"), "{stderr}");
+    assert!(stderr.contains("mysql://u:***@db"), "{stderr}");
+}
+
+#[test]
 fn a_tls_file_that_cannot_be_read_stops_the_start() {
     let dir = tempfile::tempdir().unwrap();
     let missing = dir.path().join("server.pem");
