@@ -232,13 +232,11 @@ async fn batches_on_the_local_store_answer_every_line_once_as_the_routes_do() {
     assert_eq!(out["uploaded"]["purpose"], "batch");
     assert_eq!(out["uploaded"]["bytes"], std::fs::metadata(&good).unwrap().len());
     assert!(out["listed_files"].as_bool().unwrap());
-    let refusal =
-        |name: &str| (out[name]["status"].as_i64().unwrap(), out[name]["error"].clone());
+    let refusal = |name: &str| (out[name]["status"].as_i64().unwrap(), out[name]["error"].clone());
     let (status, error) = refusal("big_file");
     assert_eq!(status, 413);
     assert_eq!(
-        error["message"],
-        "the file is over server.limits.max_batch_file_bytes (65536 bytes)",
+        error["message"], "the file is over server.limits.max_batch_file_bytes (65536 bytes)",
         "{}",
         out["big_file"]
     );
