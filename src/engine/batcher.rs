@@ -7,6 +7,8 @@
 //! Out of memory on a batch (CUDA's allocator, or the CPU's) is not the end of it: the model
 //! thread splits the batch in halves and runs each, down to single inputs, and the queue lowers
 //! its token budget so the next batches fit; an input that fails alone gets its own error.
+//! Any other failure of a whole batch (a panic, a libtorch error) runs its inputs again one
+//! by one, so only the input at fault fails, with a masked message ([`super::incident`]).
 
 use std::{
     panic::AssertUnwindSafe,
@@ -32,7 +34,8 @@ pub enum BatchError {
     Overloaded { queued: usize },
     #[error("deadline exceeded while queued")]
     DeadlineExceeded,
-    #[error("the model failed: {0}")]
+    /// The caller's message: an incident reported once ([`super::incident`]).
+    #[error("{0}")]
     Model(String),
     #[error("out of memory: the input does not fit on the device even alone ({0})")]
     OutOfMemory(String),
@@ -143,7 +146,10 @@ fn run_guarded<M: BatchModel>(
     batch: &[M::Input],
 ) -> Result<Outputs<M::Output>, Failure> {
     match std::panic::catch_unwind(AssertUnwindSafe(|| model.run(batch))) {
-        Ok(outputs) => Ok(outputs.into_iter().map(|o| o.map_err(BatchError::Model)).collect()),
+        Ok(outputs) => Ok(outputs
+            .into_iter()
+            .map(|o| o.map_err(|raw| BatchError::Model(super::incident::report(&raw))))
+            .collect()),
         Err(panic) => {
             let message = panic_message(panic.as_ref());
             if is_out_of_memory(&message) {
@@ -164,8 +170,18 @@ fn run_splitting<M: BatchModel>(
 ) {
     match run_guarded(model, inputs) {
         Ok(outputs) => outcome.outputs.extend(outputs),
-        Err(Failure::Other(message)) => {
-            outcome.outputs.extend(inputs.iter().map(|_| Err(BatchError::Model(message.clone()))));
+        Err(Failure::Other(message)) if inputs.len() == 1 => {
+            outcome.outputs.push(Err(BatchError::Model(super::incident::report(&message))));
+        }
+        // One input broke the batch: each runs alone, so only that one fails.
+        Err(Failure::Other(_)) => {
+            for (input, tokens) in inputs
+                .iter()
+                .zip(tokens)
+                .map(|(i, t)| (std::slice::from_ref(i), std::slice::from_ref(t)))
+            {
+                run_splitting(model, input, tokens, outcome);
+            }
         }
         Err(Failure::OutOfMemory(message)) => {
             let computed = tokens.iter().max().copied().unwrap_or(0) * inputs.len();
@@ -409,8 +425,50 @@ mod tests {
     async fn a_failing_input_fails_alone() {
         let (batcher, _) = start();
         let (a, b) = tokio::join!(output(&batcher, 13, None), output(&batcher, 1, None));
-        assert_eq!(a, Err(BatchError::Model("unlucky".into())));
+        assert!(
+            matches!(&a, Err(BatchError::Model(m)) if m.starts_with("the model failed on this input (request ")),
+            "{a:?}"
+        );
         assert_eq!(b, Ok(2));
+    }
+
+    /// Panics (as a libtorch error unwrapped would) on any batch holding 7.
+    struct Fragile {
+        batches: Log,
+    }
+
+    impl BatchModel for Fragile {
+        type Input = u32;
+        type Output = u32;
+        fn run(&mut self, batch: &[u32]) -> Vec<Result<u32, String>> {
+            self.batches.lock().unwrap().push(batch.to_vec());
+            if batch.contains(&7) {
+                panic!("Torch(\"index 7 is out of bounds\") at /opt/libtorch/lib/libtorch_cpu.so");
+            }
+            batch.iter().map(|&x| Ok(x + 1)).collect()
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_batch_one_input_breaks_runs_again_input_by_input_and_only_it_fails() {
+        let batches: Log = Arc::default();
+        let batcher = Batcher::start("fragile", Fragile { batches: batches.clone() }, policy());
+        let calls: Vec<_> = [1u32, 7, 3]
+            .into_iter()
+            .map(|i| {
+                let batcher = batcher.clone();
+                tokio::spawn(async move { batcher.infer(i, 10, Lane::Bulk, None).await })
+            })
+            .collect();
+        let mut answers = Vec::new();
+        for call in calls {
+            answers.push(call.await.unwrap().map(|served| served.output));
+        }
+        assert_eq!((&answers[0], &answers[2]), (&Ok(2), &Ok(4)));
+        let Err(BatchError::Model(told)) = &answers[1] else { panic!("{:?}", answers[1]) };
+        assert!(told.starts_with("the model failed on this input (request "), "{told}");
+        assert!(!told.contains("libtorch") && !told.contains("Torch"), "nothing raw: {told}");
+        assert_eq!(ran(&batches), vec![vec![1, 7, 3], vec![1], vec![7], vec![3]]);
     }
 
     #[tokio::test(start_paused = true)]

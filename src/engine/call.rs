@@ -51,7 +51,8 @@ pub enum EngineError {
     Unavailable(String),
     #[error("inputs[{index}] does not fit in the device's memory even alone: {message}")]
     OutOfMemory { index: usize, message: String },
-    #[error("the model failed: {0}")]
+    /// Masked: an incident reported once ([`super::incident`]).
+    #[error("{0}")]
     Model(String),
 }
 

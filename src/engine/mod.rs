@@ -10,6 +10,7 @@ pub mod call;
 pub mod cpu_pool;
 pub mod encoder;
 pub mod generation;
+pub mod incident;
 pub mod load;
 pub mod policy;
 pub mod registry;

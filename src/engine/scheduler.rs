@@ -518,7 +518,8 @@ impl<'m, M: StepModel> Worker<'m, M> {
     /// After a failed step (a decode step of the running batch, whose state is then gone, or a
     /// prefill of joiners, which leaves the running batch as it was): out of memory lowers the
     /// budget and queues the requests again (one that was alone fails alone, as does a stream,
-    /// whose tokens a restart would repeat); any other failure fails them all.
+    /// whose tokens a restart would repeat); any other failure queues each again to run alone,
+    /// so only the request at fault fails.
     fn recover(&mut self, failure: StepFailure, requests: Vec<Entry<GenerationRequest>>) {
         match failure {
             StepFailure::OutOfMemory(message) => {
@@ -535,9 +536,21 @@ impl<'m, M: StepModel> Worker<'m, M> {
                     }
                 }
             }
+            // Alone, or a stream whose tokens a restart would repeat: it fails, masked.
+            // Otherwise each request runs again alone, so only the one at fault fails.
             StepFailure::Other(message) => {
-                for entry in requests {
-                    let _ = entry.item.reply.send(Err(BatchError::Model(message.clone())));
+                let alone = requests.len() == 1;
+                let budget = self.queue.token_budget();
+                let mut told = None;
+                for mut entry in requests {
+                    if alone || entry.item.tokens.is_some() {
+                        let told = told.get_or_insert_with(|| super::incident::report(&message));
+                        let _ = entry.item.reply.send(Err(BatchError::Model(told.clone())));
+                    } else {
+                        entry.item.alone = true;
+                        entry.tokens = entry.item.cost(budget);
+                        self.queue.push_front(entry);
+                    }
                 }
             }
         }
@@ -656,7 +669,7 @@ impl Group {
                 queued,
                 computed,
             }),
-            Err(e) => Err(BatchError::Model(e.to_string())),
+            Err(e) => Err(BatchError::Model(super::incident::report(&e.to_string()))),
         };
         let _ = self.request.reply.send(reply);
     }
@@ -823,6 +836,26 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn requests_batched_with_one_that_breaks_the_model_run_again_alone_and_succeed() {
+        let steps = Arc::new(Mutex::new(Vec::new()));
+        let counter = Counter { steps: steps.clone(), pause: Duration::ZERO };
+        let policy = Policy { max_batch_delay: Duration::from_millis(50), ..policy() };
+        let scheduler = Scheduler::start("counter", counter, policy);
+        let (good, good_answer) = request(1, 3);
+        let (broken, broken_answer) = request(99, 3);
+        let (other, other_answer) = request(20, 2);
+        for r in [good, broken, other] {
+            scheduler.submit(r).unwrap();
+        }
+        let failed = broken_answer.await.unwrap();
+        let Err(BatchError::Model(told)) = &failed else { panic!("{failed:?}") };
+        assert!(told.starts_with("the model failed on this input (request "), "{told}");
+        assert!(!told.contains("99"), "the panic's text stays in the log: {told}");
+        assert_eq!(good_answer.await.unwrap().unwrap().sequences, vec![vec![2, 3, 4]]);
+        assert_eq!(other_answer.await.unwrap().unwrap().sequences, vec![vec![21, 22]]);
+    }
+
+    #[tokio::test]
     async fn a_joiner_that_breaks_the_model_fails_alone_and_the_batch_goes_on() {
         let steps = Arc::new(Mutex::new(Vec::new()));
         let counter = Counter { steps, pause: Duration::from_millis(1) };
@@ -836,7 +869,7 @@ mod tests {
         scheduler.submit(broken).unwrap();
         let failed = broken_answer.await.unwrap();
         assert!(
-            matches!(&failed, Err(BatchError::Model(m)) if m.contains("token 99")),
+            matches!(&failed, Err(BatchError::Model(m)) if m.starts_with("the model failed on this input")),
             "{failed:?}"
         );
         let long = long_answer.await.unwrap().unwrap();

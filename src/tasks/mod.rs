@@ -37,7 +37,8 @@ pub enum TaskError {
     Tokenize(#[from] TokenizeError),
     #[error("unsupported: {0}")]
     Unsupported(String),
-    #[error("model failed: {0}")]
+    /// Masked: an incident reported once (`engine::incident`).
+    #[error("{0}")]
     Model(String),
     #[error("out of memory even alone: {0}")]
     OutOfMemory(String),

@@ -247,8 +247,8 @@ impl RowOutput {
     fn from_tensor(tensor: &Tensor) -> Result<Self, TaskError> {
         let tensor = tensor.to_kind(Kind::Float).to_device(Device::Cpu).contiguous();
         let cols = *tensor.size().last().unwrap_or(&1) as usize;
-        let values =
-            Vec::<f32>::try_from(tensor.view(-1)).map_err(|e| TaskError::Model(e.to_string()))?;
+        let values = Vec::<f32>::try_from(tensor.view(-1))
+            .map_err(|e| TaskError::Model(crate::engine::incident::report(&e.to_string())))?;
         Ok(Self { cols, values })
     }
 

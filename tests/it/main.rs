@@ -24,6 +24,7 @@ mod job_store;
 mod jobs_amqp;
 mod jobs_local;
 mod minilm;
+mod model_failures;
 mod models_pull;
 mod openai_batch;
 mod openai_http;
