@@ -9,7 +9,7 @@
 use serde_json::Value;
 use sqlx::Row;
 
-use super::store::{JobStore, StoreError, now_ms};
+use super::store::{JobStore, StoreError, json, now_ms};
 
 crate::settings::named_values! {
     /// What a file is.
@@ -485,10 +485,6 @@ impl JobStore {
         .await?;
         Ok(ids.len())
     }
-}
-
-fn json(text: &str) -> Result<Value, StoreError> {
-    serde_json::from_str(text).map_err(|e| StoreError::Corrupt(e.to_string()))
 }
 
 fn file_from_row(row: &sqlx::any::AnyRow) -> Result<FileRecord, StoreError> {

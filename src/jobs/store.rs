@@ -540,7 +540,8 @@ async fn insert_document(
     Ok(())
 }
 
-fn json(text: &str) -> Result<Value, StoreError> {
+/// A stored JSON text, read back.
+pub(super) fn json(text: &str) -> Result<Value, StoreError> {
     serde_json::from_str(text).map_err(|e| StoreError::Corrupt(e.to_string()))
 }
 

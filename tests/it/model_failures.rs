@@ -55,6 +55,29 @@ fn copy_dir(from: &Path, to: &Path) {
     }
 }
 
+/// `lote run` of `lines` with `model` for `task`: its exit code and output lines.
+fn run_lines(model: &Path, task: &str, lines: &[String]) -> (Option<i32>, Vec<Value>, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let (input, output) = (dir.path().join("in.jsonl"), dir.path().join("out.jsonl"));
+    std::fs::write(&input, lines.join("\n") + "\n").unwrap();
+    let result = common::lote_command()
+        .args(["run", "--task", task, "--model"])
+        .arg(model)
+        .arg("--input")
+        .arg(&input)
+        .arg("--output")
+        .arg(&output)
+        .env("LOTE__DEVICE__KIND", "cpu")
+        .output()
+        .unwrap();
+    let out = std::fs::read_to_string(&output)
+        .unwrap_or_default()
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect();
+    (result.status.code(), out, String::from_utf8_lossy(&result.stderr).into_owned())
+}
+
 fn assert_masked(message: &str) {
     assert!(message.contains("the model failed on this input (request "), "{message}");
     for leak in ["Torch", "libtorch", "/", "unwrap", "index"] {
@@ -118,34 +141,16 @@ async fn grpc_and_jobs_mask_a_model_failure_and_its_batch_mates_succeed() {
 fn lote_run_masks_a_model_failure_and_answers_the_other_lines() {
     let dir = tempfile::tempdir().unwrap();
     let model = with_unembedded_token("bert-embed-mean", dir.path());
-    let input = dir.path().join("in.jsonl");
-    let output = dir.path().join("out.jsonl");
     let lines = [
         r#"{"id": "a", "text": "A ação foi concluída."}"#.to_string(),
         format!(r#"{{"id": "b", "text": "olá {NEW_TOKEN}"}}"#),
         r#"{"id": "c", "text": "Você está bem?"}"#.to_string(),
     ];
-    std::fs::write(&input, lines.join("\n") + "\n").unwrap();
-    let result = common::lote_command()
-        .args(["run", "--task", "feature-extraction", "--model"])
-        .arg(&model)
-        .arg("--input")
-        .arg(&input)
-        .arg("--output")
-        .arg(&output)
-        .env("LOTE__DEVICE__KIND", "cpu")
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&result.stderr);
-    assert_eq!(result.status.code(), Some(1), "{stderr}");
-    let out: Vec<Value> = std::fs::read_to_string(&output)
-        .unwrap()
-        .lines()
-        .map(|line| serde_json::from_str(line).unwrap())
-        .collect();
+    let (code, out, stderr) = run_lines(&model, "feature-extraction", &lines);
+    assert_eq!(code, Some(1), "{stderr}");
     assert_eq!(out.len(), 3);
     assert!(out[0]["error"].is_null() && out[2]["error"].is_null(), "{out:?}");
-    assert!(out[0]["embedding"].is_array() || out[0]["pooled"].is_array(), "{}", out[0]);
+    assert!(out[0]["embedding"].is_array() && out[2]["embedding"].is_array(), "{}", out[0]);
     assert_masked(out[1]["error"].as_str().unwrap());
 }
 
@@ -153,31 +158,14 @@ fn lote_run_masks_a_model_failure_and_answers_the_other_lines() {
 fn fill_mask_targets_past_the_model_s_vocabulary_are_refused_by_name() {
     let dir = tempfile::tempdir().unwrap();
     let model = with_unembedded_token("bert-mlm", dir.path());
-    let input = dir.path().join("in.jsonl");
-    let output = dir.path().join("out.jsonl");
     let lines = [
         r#"{"id": "a", "text": "A [MASK] foi concluída."}"#.to_string(),
         format!(
             r#"{{"id": "b", "text": "A [MASK] foi concluída.", "params": {{"targets": ["casa", "{NEW_TOKEN}"]}}}}"#
         ),
     ];
-    std::fs::write(&input, lines.join("\n") + "\n").unwrap();
-    let result = common::lote_command()
-        .args(["run", "--task", "fill-mask", "--model"])
-        .arg(&model)
-        .arg("--input")
-        .arg(&input)
-        .arg("--output")
-        .arg(&output)
-        .env("LOTE__DEVICE__KIND", "cpu")
-        .output()
-        .unwrap();
-    assert_eq!(result.status.code(), Some(1), "{}", String::from_utf8_lossy(&result.stderr));
-    let out: Vec<Value> = std::fs::read_to_string(&output)
-        .unwrap()
-        .lines()
-        .map(|line| serde_json::from_str(line).unwrap())
-        .collect();
+    let (code, out, stderr) = run_lines(&model, "fill-mask", &lines);
+    assert_eq!(code, Some(1), "{stderr}");
     assert!(out[0]["error"].is_null(), "{}", out[0]);
     assert_eq!(
         out[1]["error"],
