@@ -36,5 +36,6 @@ mod run_generation;
 mod server;
 mod settings;
 mod slow_tokenizers;
+mod store_tls;
 mod tls;
 mod translation;
