@@ -12,7 +12,7 @@ CONFIG ?= config/default.toml
 
 FIXTURES := tests/fixtures/models
 
-.PHONY: setup build release run test fixtures fmt lint clean bench
+.PHONY: setup build release run test fixtures fmt lint clean bench faults
 
 setup:
 	@scripts/setup
@@ -73,6 +73,13 @@ bench: setup
 	$(CARGO) build --release --bin lote --example load --example jobs_transport
 	scripts/services >/dev/null
 	$(BENCH_VENV)/bin/python bench/harness.py --target $(TARGET_DIR)
+
+## Real faults under a running job (minutes; needs root): RabbitMQ and PostgreSQL stopped for
+## 30 s, SIGKILL while results commit, the SQLite disk full. A JSON report per scenario.
+faults: setup fixtures
+	$(CARGO) build --bin lote
+	LOTE_TEST_POSTGRES=$$(scripts/services) $(VENV)/bin/python tests/faults/stops.py \
+		$(TARGET_DIR)/debug/lote $(CURDIR)/$(FIXTURES)
 
 fmt:
 	$(CARGO) fmt

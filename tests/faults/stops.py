@@ -1,0 +1,261 @@
+"""Real faults under a running job, each minutes long, so run by `make faults` rather than in
+`make test` (issue 18). Each scenario starts `lote serve` on the machine's real RabbitMQ and
+PostgreSQL (or SQLite), submits a job, breaks something mid-job, checks that the worker keeps
+answering gRPC meanwhile, repairs it, and counts: documents submitted, results stored,
+duplicates, losses. Lost and duplicated must both be 0.
+
+Usage: python tests/faults/stops.py LOTE_BINARY FIXTURES_DIR [SCENARIO ...]
+Scenarios: rabbitmq-stop, postgres-stop, sigkill, disk-full (all by default).
+Needs root (it stops the servers and mounts a tmpfs). Prints a JSON report per scenario.
+"""
+
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+
+LOTE, FIXTURES = sys.argv[1], sys.argv[2]
+SCENARIOS = sys.argv[3:] or ["rabbitmq-stop", "postgres-stop", "sigkill", "disk-full"]
+ADMIN = os.environ.get("LOTE_TEST_POSTGRES", "postgres://postgres@127.0.0.1:5432/postgres")
+OUTAGE_S = 30
+WORDS = ["ação", "São Paulo", "você", "maçã", "pão", "coração", "João", "avó"]
+
+
+def sh(*args, check=True):
+    return subprocess.run(args, check=check, capture_output=True, text=True)
+
+
+def cluster():
+    return sorted(os.listdir("/etc/postgresql"), key=lambda v: [int(x) for x in v.split(".")])[-1]
+
+
+def fresh_database():
+    name = f"lote_faults_{int(time.time() * 1000)}"
+    sh("psql", ADMIN, "-qc", f"CREATE DATABASE {name}")
+    return ADMIN.rsplit("/", 1)[0] + "/" + name
+
+
+class Worker:
+    def __init__(self, folder, store, amqp, prefix):
+        self.config = os.path.join(folder, "lote.toml")
+        with open(self.config, "w") as f:
+            f.write(
+                '[server]\ngrpc_addr = "127.0.0.1:0"\nmetrics_addr = ""\nhttp_addr = ""\n'
+                '[device]\nkind = "cpu"\nthreads = 1\n'
+                f'[amqp]\nenabled = {"true" if amqp else "false"}\nqueue_prefix = "{prefix}"\n'
+                f'[store]\nurl = "{store}"\n'
+                f'[[models]]\nname = "embed"\ntask = "feature-extraction"\n'
+                f'path = "{FIXTURES}/bert-embed-mean"\n'
+            )
+        self.start()
+
+    def start(self):
+        env = dict(os.environ, LOTE__LOG__FORMAT="json")
+        env.pop("LOTE__STORE__URL", None)
+        self.process = subprocess.Popen(
+            [LOTE, "--config", self.config, "serve"],
+            stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, env=env)
+        for line in self.process.stderr:
+            try:
+                event = json.loads(line)
+            except ValueError:
+                continue
+            if event.get("message") == "serving":
+                self.addr = "http://" + event["grpc_addr"]
+                break
+        else:
+            raise SystemExit("lote serve exited before serving")
+        # Keep reading its log so it never blocks on a full pipe.
+        import threading
+        threading.Thread(target=lambda: [None for _ in self.process.stderr], daemon=True).start()
+        deadline = time.time() + 120
+        while sh(LOTE, "health", "--addr", self.addr, check=False).returncode != 0:
+            if time.time() > deadline:
+                raise SystemExit("the worker did not load its model")
+            time.sleep(0.5)
+
+    def kill(self):
+        self.process.send_signal(signal.SIGKILL)
+        self.process.wait()
+
+    def stop(self):
+        self.process.terminate()
+        try:
+            self.process.wait(60)
+        except subprocess.TimeoutExpired:
+            self.kill()
+
+    def answers(self):
+        """Whether the worker answers an Embed call over gRPC right now."""
+        call = sh(LOTE, "infer", "--addr", self.addr, "--model", "embed",
+                  "--task", "feature-extraction", "--text", "olá, você", "--timeout", "10s",
+                  check=False)
+        return call.returncode == 0
+
+    def submit(self, folder, count, custom=""):
+        path = os.path.join(folder, f"docs{custom}.jsonl")
+        with open(path, "w") as f:
+            for i in range(count):
+                text = " ".join(WORDS[(i * 7 + j) % len(WORDS)] for j in range(1 + i % 11))
+                f.write(json.dumps({"custom_id": f"doc-{i}", "text": text}, ensure_ascii=False))
+                f.write("\n")
+        out = sh(LOTE, "submit", "--addr", self.addr, "--model", "embed",
+                 "--task", "feature-extraction", "--input", path, "--detach", check=False)
+        return out
+
+    def status(self, job):
+        out = sh(LOTE, "status", "--addr", self.addr, job, check=False)
+        match = re.search(r" (\w+) \(.*\): (\d+) of (\d+) succeeded, (\d+) failed", out.stdout)
+        if not match:
+            return None
+        state, ok, total, failed = match.groups()
+        return state, int(ok), int(total), int(failed)
+
+    def wait(self, job, predicate, limit_s=600):
+        deadline = time.time() + limit_s
+        while time.time() < deadline:
+            status = self.status(job)
+            if status and predicate(status):
+                return status
+            time.sleep(0.2)
+        raise SystemExit(f"job {job}: {self.status(job)} after {limit_s} s")
+
+    def count(self, job, submitted):
+        out = sh(LOTE, "results", "--addr", self.addr, job).stdout.splitlines()
+        ids = [json.loads(line)["custom_id"] for line in out]
+        succeeded = sum(1 for line in out if json.loads(line)["state"] == "succeeded")
+        return {
+            "submitted": submitted,
+            "results": len(ids),
+            "succeeded": succeeded,
+            "duplicates": len(ids) - len(set(ids)),
+            "lost": submitted - len(set(ids)),
+        }
+
+
+def outage(worker, job, stop, start, submitted):
+    """Stops a server mid-job for OUTAGE_S, probing the worker's gRPC meanwhile."""
+    worker.wait(job, lambda s: s[1] >= 50)
+    started = time.time()
+    stop()
+    probes = []
+    while time.time() - started < OUTAGE_S:
+        probes.append(worker.answers())
+        time.sleep(2)
+    start()
+    worker.wait(job, lambda s: s[0] in ("completed", "failed", "cancelled"))
+    report = worker.count(job, submitted)
+    report["served_during_outage"] = f"{sum(probes)}/{len(probes)}"
+    report["state"] = worker.status(job)[0]
+    report["seconds"] = round(time.time() - started, 1)
+    return report
+
+
+def rabbitmq_stop(folder):
+    worker = Worker(folder, fresh_database(), True, f"lote-faults-{int(time.time())}")
+    job = worker.submit(folder, 4000).stdout.strip()
+
+    def stop():
+        sh("rabbitmqctl", "shutdown")
+
+    def start():
+        sh("rabbitmq-server", "-detached")
+
+    try:
+        return outage(worker, job, stop, start, 4000)
+    finally:
+        worker.stop()
+
+
+def postgres_stop(folder):
+    worker = Worker(folder, fresh_database(), True, f"lote-faults-{int(time.time())}")
+    job = worker.submit(folder, 4000).stdout.strip()
+    version = cluster()
+
+    def stop():
+        sh("pg_ctlcluster", "--skip-systemctl-redirect", version, "main", "stop")
+
+    def start():
+        sh("pg_ctlcluster", "--skip-systemctl-redirect", version, "main", "start")
+
+    try:
+        return outage(worker, job, stop, start, 4000)
+    finally:
+        worker.stop()
+
+
+def sigkill(folder):
+    """SIGKILL while results are being committed (a busy job commits every few ms)."""
+    worker = Worker(folder, f"sqlite://{folder}/lote.db", False, "x")
+    job = worker.submit(folder, 3000).stdout.strip()
+    kills = 0
+    for threshold in (200, 900, 1800):
+        worker.wait(job, lambda s, t=threshold: s[1] >= t or s[0] == "completed")
+        worker.kill()
+        kills += 1
+        worker.start()
+    worker.wait(job, lambda s: s[0] in ("completed", "failed", "cancelled"))
+    report = worker.count(job, 3000)
+    report["kills"] = kills
+    report["state"] = worker.status(job)[0]
+    worker.stop()
+    return report
+
+
+def disk_full(folder):
+    mount = os.path.join(folder, "small")
+    os.makedirs(mount)
+    sh("mount", "-t", "tmpfs", "-o", "size=12m", "tmpfs", mount)
+    try:
+        worker = Worker(folder, f"sqlite://{mount}/lote.db", False, "x")
+        filler = os.path.join(mount, "filler")
+        # Leave about 1.5 MB for the store.
+        free = shutil.disk_usage(mount).free
+        with open(filler, "wb") as f:
+            f.write(b"\0" * max(0, free - 1_500_000))
+        refusals, accepted = [], []
+        for attempt in range(30):
+            out = worker.submit(folder, 2000, custom=str(attempt))
+            if out.returncode == 0:
+                accepted.append(out.stdout.strip())
+            else:
+                refusals.append(out.stderr.strip())
+                break
+        served_when_full = worker.answers()
+        os.remove(filler)
+        after = worker.submit(folder, 500, custom="after")
+        resumed = after.returncode == 0
+        for job in accepted + ([after.stdout.strip()] if resumed else []):
+            worker.wait(job, lambda s: s[0] in ("completed", "failed", "cancelled"))
+        counts = [worker.count(job, worker.status(job)[2]) for job in accepted]
+        worker.stop()
+        import sqlite3
+        integrity = sqlite3.connect(f"{mount}/lote.db").execute("PRAGMA integrity_check").fetchone()[0]
+        return {
+            "jobs_accepted_before_full": len(accepted),
+            "refusal": refusals[0] if refusals else None,
+            "served_when_full": served_when_full,
+            "resumed_after_freeing": resumed,
+            "lost": sum(c["lost"] for c in counts),
+            "duplicates": sum(c["duplicates"] for c in counts),
+            "integrity_check": integrity,
+        }
+    finally:
+        sh("umount", mount, check=False)
+
+
+failed = False
+for name in SCENARIOS:
+    with tempfile.TemporaryDirectory() as folder:
+        report = {"rabbitmq-stop": rabbitmq_stop, "postgres-stop": postgres_stop,
+                  "sigkill": sigkill, "disk-full": disk_full}[name](folder)
+    report["scenario"] = name
+    print(json.dumps(report, ensure_ascii=False), flush=True)
+    if report.get("lost") or report.get("duplicates"):
+        failed = True
+sys.exit(1 if failed else 0)
