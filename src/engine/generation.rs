@@ -15,10 +15,10 @@ use super::{
     call::{Answered, CallReport, EngineError, task_error},
     cpu_pool::CpuPool,
     policy::{Lane, Policy},
-    scheduler::{GenerationRequest, Scheduler},
+    scheduler::{Emitted, GenerationRequest, Scheduler},
 };
 use crate::{
-    generation::{TokenLogprob, stream::TextStream},
+    generation::{PromptLogprobs, TokenLogprob, stream::TextStream},
     tasks::{
         TaskError, TaskInput,
         generate::{
@@ -41,6 +41,10 @@ pub struct GenerationService {
 /// What a stream sends: text as it becomes final, then how it ended.
 #[derive(Debug, Clone, PartialEq)]
 pub enum StreamEvent {
+    /// First, when asked for: each prompt token's log-probability after the first.
+    Prompt {
+        logprobs: PromptLogprobs,
+    },
     Token {
         token: u32,
         text: String,
@@ -69,6 +73,7 @@ struct Admit {
 struct Sequences {
     sequences: Vec<Vec<i64>>,
     logprobs: Option<Vec<Vec<TokenLogprob>>>,
+    prompt_logprobs: Option<PromptLogprobs>,
     queued: Duration,
     computed: Duration,
 }
@@ -215,7 +220,7 @@ impl GenerationService {
         report.queue = report.queue.max(sequences.queued);
         report.inference += sequences.computed;
         let started = Instant::now();
-        let logprobs = sequences.logprobs;
+        let (logprobs, prompt_logprobs) = (sequences.logprobs, sequences.prompt_logprobs);
         let generation = self.decode(prompt, sequences.sequences, &params).await?;
         report.tokenize += started.elapsed();
         let result = generation.map(|mut generation| {
@@ -223,6 +228,7 @@ impl GenerationService {
                 let kept = rows.into_iter().zip(&generation.output_tokens);
                 kept.map(|(steps, &n)| steps.into_iter().take(n).collect()).collect()
             });
+            generation.prompt_logprobs = prompt_logprobs;
             report.output_tokens += generation.output_tokens.iter().sum::<usize>();
             GenerationResult { generation, input_tokens, truncated }
         });
@@ -246,7 +252,7 @@ impl GenerationService {
         prompt: Vec<u32>,
         params: &GenerationParams,
         admit: Admit,
-        tokens: Option<mpsc::UnboundedSender<(i64, Option<TokenLogprob>)>>,
+        tokens: Option<mpsc::UnboundedSender<Emitted>>,
     ) -> Result<Result<Sequences, TaskError>, EngineError> {
         let Admit { lane, deadline, alone } = admit;
         let (config, max_length) = match self.pipeline.request_config(prompt.len(), params) {
@@ -271,6 +277,7 @@ impl GenerationService {
             Ok(Ok(generated)) => Ok(Ok(Sequences {
                 sequences: generated.sequences,
                 logprobs: generated.logprobs,
+                prompt_logprobs: generated.prompt_logprobs,
                 queued: generated.queued,
                 computed: generated.computed,
             })),
@@ -333,20 +340,16 @@ impl GenerationService {
             let outcome = loop {
                 tokio::select! {
                     outcome = &mut generation => break outcome,
-                    Some((token, logprob)) = tokens.recv() => {
-                        let piece = text.push(token as u32).unwrap_or_default();
-                        let event = StreamEvent::Token { token: token as u32, text: piece, logprob };
-                        if events.send(event).await.is_err() {
+                    Some(emitted) = tokens.recv() => {
+                        if events.send(event_of(emitted, &mut text)).await.is_err() {
                             return; // the caller left: dropping `tokens` stops the generation
                         }
                     }
                 }
             };
             // Tokens sent just before the end.
-            while let Ok((token, logprob)) = tokens.try_recv() {
-                let piece = text.push(token as u32).unwrap_or_default();
-                let event = StreamEvent::Token { token: token as u32, text: piece, logprob };
-                let _ = events.send(event).await;
+            while let Ok(emitted) = tokens.try_recv() {
+                let _ = events.send(event_of(emitted, &mut text)).await;
             }
             let last = match outcome {
                 Ok(Ok(sequences)) => {
@@ -376,5 +379,16 @@ impl GenerationService {
             let _ = events.send(last).await;
         });
         Ok(receiver)
+    }
+}
+
+/// The stream event of what the scheduler sent, a token's text decoded as it becomes final.
+fn event_of<F: Fn(&[u32]) -> String>(emitted: Emitted, text: &mut TextStream<F>) -> StreamEvent {
+    match emitted {
+        Emitted::Prompt(logprobs) => StreamEvent::Prompt { logprobs },
+        Emitted::Token(token, logprob) => {
+            let piece = text.push(token as u32).unwrap_or_default();
+            StreamEvent::Token { token: token as u32, text: piece, logprob }
+        }
     }
 }

@@ -27,8 +27,8 @@ use super::{
     policy::{BatchQueue, Decision, Entry, Lane, Policy},
 };
 use crate::generation::{
-    DecoderStep, GenerateConfig, TokenLogprob,
-    search::{Search, StopCheck},
+    DecoderStep, GenerateConfig, PromptLogprobs, TokenLogprob,
+    search::{self, Advance, Search, StopCheck},
 };
 
 /// What the scheduler needs of a generative model.
@@ -70,9 +70,19 @@ pub struct GenerationRequest {
     /// Runs with no other generation beside it (a redelivered job document).
     pub alone: bool,
     /// Each new token of the single sequence, as it is chosen (streaming), with its
-    /// log-probabilities when the config asks for them.
-    pub tokens: Option<tokio_mpsc::UnboundedSender<(i64, Option<TokenLogprob>)>>,
+    /// log-probabilities when the config asks for them; the prompt's first, when asked for.
+    pub tokens: Option<tokio_mpsc::UnboundedSender<Emitted>>,
     pub reply: oneshot::Sender<Result<Generated, BatchError>>,
+}
+
+/// What a streamed generation sends as it goes.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Emitted {
+    /// Once, after the prefill: the log-probability of each prompt token after the first
+    /// (`GenerateConfig::prompt_logprobs`).
+    Prompt(PromptLogprobs),
+    /// A new token of the sequence, with its log-probabilities when the config asks for them.
+    Token(i64, Option<TokenLogprob>),
 }
 
 /// A finished generation: the new tokens of each returned sequence (start sequence removed,
@@ -82,6 +92,8 @@ pub struct Generated {
     pub sequences: Vec<Vec<i64>>,
     /// Each sequence's steps' log-probabilities, when the config asked for them.
     pub logprobs: Option<Vec<Vec<TokenLogprob>>>,
+    /// Each prompt token's after the first, when the config asked for them.
+    pub prompt_logprobs: Option<PromptLogprobs>,
     pub queued: Duration,
     pub computed: Duration,
 }
@@ -141,8 +153,18 @@ struct Group {
     feed: Tensor,
     /// Length of its start sequence (prompt for GPT-2, decoder start for the others).
     start_len: usize,
+    /// Its prompt's log-probabilities, when asked for.
+    prompt_logprobs: Option<PromptLogprobs>,
     enqueued: Instant,
     joined: Instant,
+}
+
+/// A joiner after its prefill.
+struct Prefilled {
+    search: Search,
+    advance: Advance,
+    start_len: usize,
+    prompt_logprobs: Option<PromptLogprobs>,
 }
 
 /// The scheduler's metrics, registered once (the decode loop records them every step).
@@ -409,15 +431,18 @@ impl<'m, M: StepModel> Worker<'m, M> {
                 let mut joined = Vec::new();
                 let mut keep = Vec::new();
                 let mut offset = 0;
-                for ((request, enqueued), (search, advance, start_len)) in
-                    joiners.into_iter().zip(searches)
-                {
+                for ((request, enqueued), prefilled) in joiners.into_iter().zip(searches) {
+                    let Prefilled { search, advance, start_len, prompt_logprobs } = prefilled;
                     let rows = search.rows();
+                    if let (Some(tokens), Some(logprobs)) = (&request.tokens, &prompt_logprobs) {
+                        let _ = tokens.send(Emitted::Prompt(logprobs.clone()));
+                    }
                     let mut group = Group {
                         request,
                         search,
                         feed: Tensor::zeros([0], (Kind::Int64, Device::Cpu)),
                         start_len,
+                        prompt_logprobs,
                         enqueued,
                         joined: started,
                     };
@@ -558,13 +583,14 @@ impl<'m, M: StepModel> Worker<'m, M> {
 }
 
 /// Prefills `joiners` in one batch: builds their start tensors, runs the first step, and lets
-/// each one's search take its logits. The step is left in `fresh` (its rows expanded for beams
-/// and copies, not yet reordered).
+/// each one's search take its logits (and reads the prompt's log-probabilities of those that
+/// ask). The step is left in `fresh` (its rows expanded for beams and copies, not yet
+/// reordered).
 fn prefill<'m, M: StepModel>(
     model: &'m M,
     joiners: &[(GenerationRequest, Instant)],
     fresh: &mut Option<Box<dyn DecoderStep + 'm>>,
-) -> Vec<(Search, crate::generation::search::Advance, usize)> {
+) -> Vec<Prefilled> {
     let device = model.device();
     let encoder_decoder = model.is_encoder_decoder();
     let width = joiners.iter().map(|(r, _)| r.prompt.len()).max().unwrap_or(0);
@@ -592,7 +618,12 @@ fn prefill<'m, M: StepModel>(
     let mut expand = Vec::new();
     let mut searches = Vec::new();
     let mut feeds = Vec::new();
+    // (joiner, its first row) of those whose prompt is scored.
+    let mut scored = Vec::new();
     for (index, (request, _)) in joiners.iter().enumerate() {
+        if request.config.prompt_logprobs.is_some() && !encoder_decoder {
+            scored.push((index, expand.len() as i64));
+        }
         let start = if encoder_decoder {
             let token = request.config.decoder_start_token_id.unwrap_or(0);
             Tensor::full([1, 1], token, (Kind::Int64, device))
@@ -615,17 +646,39 @@ fn prefill<'m, M: StepModel>(
     let expand = Tensor::from_slice(&expand).to_device(device);
     step.select_rows(&expand);
     let feed = Tensor::cat(&feeds, 0);
-    let logits = step.step(&feed);
+    let (logits, scored_logits) = if scored.is_empty() {
+        (step.step(&feed), None)
+    } else {
+        let rows: Vec<i64> = scored.iter().map(|&(_, row)| row).collect();
+        step.step_scoring(&feed, &Tensor::from_slice(&rows).to_device(device))
+    };
+    let mut prompt_logprobs: Vec<Option<PromptLogprobs>> = vec![None; joiners.len()];
+    if let Some(all) = scored_logits {
+        for (k, &(index, _)) in scored.iter().enumerate() {
+            let request = &joiners[index].0;
+            let real = request.prompt.len() as i64;
+            let targets: Vec<i64> = request.prompt.iter().skip(1).map(|&t| i64::from(t)).collect();
+            // Position `p` predicts token `p + 1`: the real positions but the last.
+            let predicting = all.get(k as i64).narrow(0, width as i64 - real, (real - 1).max(0));
+            let top = request.config.prompt_logprobs.unwrap_or(0);
+            let targets = Tensor::from_slice(&targets).to_device(device);
+            let rest = search::scored_tokens(&predicting, &targets, top);
+            let first = request.prompt.first().copied().unwrap_or_default();
+            prompt_logprobs[index] = Some(PromptLogprobs { first, rest });
+        }
+    }
     let mut offset = 0;
     let mut out = Vec::with_capacity(searches.len());
-    for ((mut search, start_len), (request, _)) in searches.into_iter().zip(joiners) {
+    for (((mut search, start_len), (request, _)), prompt_logprobs) in
+        searches.into_iter().zip(joiners).zip(prompt_logprobs)
+    {
         let rows = search.rows();
         let stop: Option<StopCheck<'_>> =
             request.stop.as_deref().map(|f| f as &dyn Fn(&[i64]) -> bool);
         let advance =
             search.advance(logits.narrow(0, offset, rows), stop, request.tokens.is_some());
         offset += rows;
-        out.push((search, advance, start_len));
+        out.push(Prefilled { search, advance, start_len, prompt_logprobs });
     }
     *fresh = Some(step);
     out
@@ -634,13 +687,13 @@ fn prefill<'m, M: StepModel>(
 impl Group {
     /// Takes a step's outcome: streams its tokens, and returns the batch rows it keeps (its
     /// reorder shifted to where its rows sit in the batch), or None when it is finished.
-    fn take(&mut self, advance: crate::generation::search::Advance, offset: i64) -> Option<Tensor> {
+    fn take(&mut self, advance: Advance, offset: i64) -> Option<Tensor> {
         if let Some(tokens) = &self.request.tokens {
             let mut logprobs = advance.emitted_logprobs.into_iter();
             for (row, token) in advance.emitted.iter() {
                 let logprob = logprobs.next();
                 if *row == 0 {
-                    let _ = tokens.send((*token, logprob));
+                    let _ = tokens.send(Emitted::Token(*token, logprob));
                 }
             }
         }
@@ -666,6 +719,7 @@ impl Group {
             Ok(rows) => Ok(Generated {
                 sequences: rows.into_iter().map(|row| row[start_len..].to_vec()).collect(),
                 logprobs: finished.logprobs,
+                prompt_logprobs: self.prompt_logprobs,
                 queued,
                 computed,
             }),
@@ -778,7 +832,7 @@ mod tests {
         let (tokens, mut streamed) = tokio_mpsc::unbounded_channel();
         long.tokens = Some(tokens);
         scheduler.submit(long).unwrap();
-        assert_eq!(streamed.recv().await, Some((2, None)));
+        assert_eq!(streamed.recv().await, Some(Emitted::Token(2, None)));
         let (short, short_answer) = request(20, 3);
         scheduler.submit(short).unwrap();
         let short = short_answer.await.unwrap().unwrap();
@@ -804,7 +858,7 @@ mod tests {
         let (tokens, mut streamed) = tokio_mpsc::unbounded_channel();
         gone.tokens = Some(tokens);
         scheduler.submit(gone).unwrap();
-        assert_eq!(streamed.recv().await, Some((2, None)));
+        assert_eq!(streamed.recv().await, Some(Emitted::Token(2, None)));
         drop((streamed, gone_answer));
         let (after, answer) = request(30, 2);
         scheduler.submit(after).unwrap();
@@ -850,7 +904,7 @@ mod tests {
         let failed = broken_answer.await.unwrap();
         let Err(BatchError::Model(told)) = &failed else { panic!("{failed:?}") };
         assert!(told.starts_with("the model failed on this input (request "), "{told}");
-        assert!(!told.contains("99"), "the panic's text stays in the log: {told}");
+        assert!(!told.contains("breaks this model"), "the panic's text stays in the log: {told}");
         assert_eq!(good_answer.await.unwrap().unwrap().sequences, vec![vec![2, 3, 4]]);
         assert_eq!(other_answer.await.unwrap().unwrap().sequences, vec![vec![21, 22]]);
     }
@@ -864,7 +918,7 @@ mod tests {
         let (tokens, mut streamed) = tokio_mpsc::unbounded_channel();
         long.tokens = Some(tokens);
         scheduler.submit(long).unwrap();
-        assert_eq!(streamed.recv().await, Some((2, None)));
+        assert_eq!(streamed.recv().await, Some(Emitted::Token(2, None)));
         let (broken, broken_answer) = request(99, 3);
         scheduler.submit(broken).unwrap();
         let failed = broken_answer.await.unwrap();

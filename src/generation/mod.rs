@@ -16,6 +16,13 @@ pub trait DecoderStep {
     /// Feeds `tokens` `[rows, n]`: the whole start sequence on the first call, then the one new
     /// token of each row. Returns each row's logits for the next token, `[rows, vocab]`, fp32.
     fn step(&mut self, tokens: &Tensor) -> Tensor;
+    /// Like [`DecoderStep::step`], and also the logits at every position fed of rows `scored`
+    /// (int64 indices), `[scored, n, vocab]` fp32: what each prompt token's log-probability is
+    /// read from. None where the model does not decode its prompt (encoder-decoder models).
+    fn step_scoring(&mut self, tokens: &Tensor, scored: &Tensor) -> (Tensor, Option<Tensor>) {
+        let _ = scored;
+        (self.step(tokens), None)
+    }
     /// Keeps rows `rows` (int64 indices, repeats allowed), in order: expanding inputs into beams,
     /// reordering beams and dropping finished rows are all this.
     fn select_rows(&mut self, rows: &Tensor);
@@ -98,6 +105,9 @@ pub struct GenerateConfig {
     /// Record each chosen token's log-probability and this many alternatives (greedy and
     /// sampled search; OpenAI's `logprobs`). Not a transformers setting: set by the HTTP API.
     pub logprobs: Option<usize>,
+    /// Also each prompt token's log-probability given the tokens before it, with this many
+    /// alternatives (OpenAI's `echo` with `logprobs`; decoder-only models). Set by the HTTP API.
+    pub prompt_logprobs: Option<usize>,
 }
 
 /// A chosen token's log-probability under the model (log-softmax of its logits, before any
@@ -107,6 +117,14 @@ pub struct TokenLogprob {
     pub token: u32,
     pub logprob: f32,
     pub top: Vec<(u32, f32)>,
+}
+
+/// A prompt's own log-probabilities: its first token, which nothing before it predicts, and
+/// each later token's given the tokens before it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PromptLogprobs {
+    pub first: u32,
+    pub rest: Vec<TokenLogprob>,
 }
 
 impl Default for GenerateConfig {
@@ -138,6 +156,7 @@ impl Default for GenerateConfig {
             pad_token_id: None,
             seed: None,
             logprobs: None,
+            prompt_logprobs: None,
         }
     }
 }

@@ -236,6 +236,17 @@ impl LogprobSteps {
     }
 }
 
+/// Each of `targets` `[n]`'s log-probability under the `logits` `[n, vocab]` that predicted it,
+/// with the `top` most likely tokens of each position (the prompt's own log-probabilities).
+pub fn scored_tokens(logits: &Tensor, targets: &Tensor, top: usize) -> Vec<TokenLogprob> {
+    if targets.numel() == 0 {
+        return Vec::new();
+    }
+    let mut steps = LogprobSteps { top, steps: Vec::new() };
+    let step = steps.record(&logits.log_softmax(-1, Kind::Float), targets);
+    LogprobSteps::to_host(step)
+}
+
 impl SampleSearch {
     fn new(
         ids: Tensor,

@@ -629,27 +629,30 @@ impl pb::inference_server::Inference for InferenceService {
             let model = r.model.clone();
             let sha = service.pipeline().identity.sha256.clone();
             drop(registry);
+            // gRPC never asks for the prompt's log-probabilities: no `Prompt` event comes.
             let stream =
-                tokio_stream::StreamExt::map(
-                    ReceiverStream::new(events),
-                    move |event| match event {
-                        StreamEvent::Token { token, text, .. } => Ok(pb::GenerateStreamResponse {
-                            text,
-                            token,
-                            finish_reason: None,
-                            metadata: None,
-                        }),
+                tokio_stream::StreamExt::filter_map(ReceiverStream::new(events), move |event| {
+                    match event {
+                        StreamEvent::Prompt { .. } => None,
+                        StreamEvent::Token { token, text, .. } => {
+                            Some(Ok(pb::GenerateStreamResponse {
+                                text,
+                                token,
+                                finish_reason: None,
+                                metadata: None,
+                            }))
+                        }
                         StreamEvent::Finished { reason, rest, report } => {
-                            Ok(pb::GenerateStreamResponse {
+                            Some(Ok(pb::GenerateStreamResponse {
                                 text: rest,
                                 token: 0,
                                 finish_reason: Some(finish_reason(reason)),
                                 metadata: Some(metadata(&model, &sha, &report)),
-                            })
+                            }))
                         }
-                        StreamEvent::Failed(error) => Err(Status::from(error)),
-                    },
-                );
+                        StreamEvent::Failed(error) => Some(Err(Status::from(error))),
+                    }
+                });
             Ok(Box::pin(stream) as EventStream)
         })
         .await

@@ -73,7 +73,7 @@ impl Shape {
     /// OpenAI's logprobs object of `steps`, which start at character `offset` of the text.
     fn logprobs(self, tokenizer: &TextTokenizer, steps: &[TokenLogprob], offset: usize) -> Value {
         match self {
-            Shape::Completion => logprobs::completion(tokenizer, steps, offset),
+            Shape::Completion => logprobs::completion(tokenizer, None, steps, offset),
             Shape::Chat => logprobs::chat(tokenizer, steps),
         }
     }
@@ -196,6 +196,9 @@ impl Call {
             .parse_params(params)
             .map_err(|e| ApiError::invalid(None, e.to_string()))?;
         params.generate.logprobs = self.sampling.logprobs;
+        if self.sampling.echo {
+            params.generate.prompt_logprobs = self.sampling.logprobs;
+        }
         Ok(params)
     }
 
@@ -221,7 +224,14 @@ impl Call {
             if run % per_prompt == 0 {
                 prompt_tokens += result.input_tokens;
             }
-            let g = result.generation;
+            let mut g = result.generation;
+            if self.sampling.scores_only() {
+                // The one token generated to score the prompt is not part of the answer.
+                g.texts[0].clear();
+                g.output_tokens[0] = 0;
+                g.finish_reasons[0] = FinishReason::Length;
+                g.logprobs.iter_mut().flatten().for_each(Vec::clear);
+            }
             let (mut text, mut reason) = (g.texts[0].clone(), finish_reason(g.finish_reasons[0]));
             let mut steps = g.logprobs.and_then(|rows| rows.into_iter().next());
             if let Some(at) = cut_at_stop(&text, &self.sampling.stop) {
@@ -233,9 +243,14 @@ impl Call {
             }
             let echo = self.prompts[prompt_index].echo.as_deref().unwrap_or_default();
             text.insert_str(0, echo);
-            let logprobs = steps.map_or(Value::Null, |steps| {
-                self.shape.logprobs(tokenizer, &steps, echo.chars().count())
-            });
+            let offset = echo.chars().count();
+            let logprobs = match (steps, &g.prompt_logprobs) {
+                (None, _) => Value::Null,
+                (Some(steps), Some(prompt)) => {
+                    logprobs::completion(tokenizer, Some(prompt), &steps, offset)
+                }
+                (Some(steps), None) => self.shape.logprobs(tokenizer, &steps, offset),
+            };
             // A greedy prompt ran once for all its choices.
             let copies = if per_prompt == 1 { n } else { 1 };
             for _ in 0..copies {
@@ -284,6 +299,9 @@ impl Call {
         let echoes: Vec<Option<String>> = self.prompts.iter().map(|p| p.echo.clone()).collect();
         let (stop, n, include_usage) =
             (self.sampling.stop.clone(), self.sampling.n, self.sampling.include_usage);
+        // An echo with log-probabilities opens once the prompt is scored (its `Prompt` event).
+        let scored_echo = self.sampling.echo && self.sampling.logprobs.is_some();
+        let scores_only = self.sampling.scores_only();
         tokio::spawn(async move {
             let send = |value: Value| {
                 let sender = sender.clone();
@@ -296,6 +314,7 @@ impl Call {
             for (choice, state) in states.iter_mut().enumerate() {
                 let opening = match header.shape {
                     Shape::Chat => Some(String::new()),
+                    Shape::Completion if scored_echo => None,
                     Shape::Completion => echoes[choice / n].clone(),
                 };
                 if opening.is_some()
@@ -309,6 +328,21 @@ impl Call {
             while let Some((choice, _prompt, event)) = merged.next().await {
                 let state = &mut states[choice];
                 let sent = match event {
+                    StreamEvent::Prompt { logprobs } => {
+                        let echo = echoes[choice / n].clone().unwrap_or_default();
+                        let mut chunk = header.chunk(choice, state, Some(echo), true, None);
+                        chunk["choices"][0]["logprobs"] =
+                            logprobs::completion(&header.tokenizer, Some(&logprobs), &[], 0);
+                        send(chunk).await
+                    }
+                    // The one token generated to score the prompt is not part of the answer.
+                    StreamEvent::Token { .. } if scores_only => true,
+                    StreamEvent::Finished { report, .. } if scores_only => {
+                        if choice % n == 0 {
+                            prompt_tokens += report.input_tokens;
+                        }
+                        send(header.chunk(choice, state, None, false, Some("length"))).await
+                    }
                     StreamEvent::Token { text, logprob, .. } => {
                         if !state.filter.stopped() {
                             state.pending.extend(logprob);

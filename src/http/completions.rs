@@ -1,6 +1,9 @@
 //! `POST /v1/completions`: `prompt` as text or the model's token ids ([`super::inputs`]),
 //! continued by a text-generation model, with OpenAI's sampling fields ([`super::sampling`]), `echo`, `n`,
 //! `stop` and `stream`; 16 new tokens unless `max_tokens` says otherwise, as OpenAI's default.
+//! `echo` with `logprobs` scores the prompt too (each token's log-probability given those
+//! before it), and `max_tokens: 0` with `echo` only scores it: how evaluation harnesses
+//! (lm-evaluation-harness) read a model's log-likelihoods.
 
 use std::sync::Arc;
 
@@ -45,7 +48,9 @@ pub async fn create(
     let sampling = sampling(&mut body, Route::Completions)?;
     check_choice_count(texts.len(), sampling.n, state.limits.max_inputs_per_call)?;
     let service = served_generator(&state, &model, Task::TextGeneration)?.clone();
-    let max_new_tokens = sampling.max_tokens.unwrap_or(DEFAULT_MAX_TOKENS);
+    // `max_tokens: 0` (the prompt scored) still runs the prefill that scores it: one token,
+    // left out of the answer.
+    let max_new_tokens = sampling.max_tokens.unwrap_or(DEFAULT_MAX_TOKENS).max(1);
     let mut prompts = Vec::with_capacity(texts.len());
     for input in texts {
         let echo = match (&input, sampling.echo) {

@@ -5,30 +5,76 @@
 
 use serde_json::{Map, Value, json};
 
-use crate::{generation::TokenLogprob, tokenize::TextTokenizer};
+use crate::{
+    generation::{PromptLogprobs, TokenLogprob},
+    tokenize::TextTokenizer,
+};
 
 fn text_of(tokenizer: &TextTokenizer, token: u32) -> String {
     tokenizer.decode(&[token], false).unwrap_or_default()
 }
 
-/// Completions' object; `offset` is where the first token starts in the choice's text (in
-/// characters: after an echoed prompt, or after the chunks already streamed).
-pub fn completion(tokenizer: &TextTokenizer, steps: &[TokenLogprob], mut offset: usize) -> Value {
-    let (mut tokens, mut logprobs, mut tops, mut offsets) = (vec![], vec![], vec![], vec![]);
-    for step in steps {
+/// Completions' object, its four lists built a token at a time.
+#[derive(Default)]
+struct Completion {
+    tokens: Vec<String>,
+    logprobs: Vec<Value>,
+    tops: Vec<Value>,
+    offsets: Vec<usize>,
+}
+
+impl Completion {
+    /// A token starting at character `offset`; returns where the next one starts.
+    fn push(&mut self, text: String, logprob: Value, top: Value, offset: usize) -> usize {
+        let next = offset + text.chars().count();
+        self.tokens.push(text);
+        self.logprobs.push(logprob);
+        self.tops.push(top);
+        self.offsets.push(offset);
+        next
+    }
+
+    fn push_step(
+        &mut self,
+        tokenizer: &TextTokenizer,
+        step: &TokenLogprob,
+        offset: usize,
+    ) -> usize {
         let text = text_of(tokenizer, step.token);
         let mut top = Map::new();
         top.insert(text.clone(), json!(step.logprob));
         for (token, logprob) in &step.top {
             top.entry(text_of(tokenizer, *token)).or_insert(json!(logprob));
         }
-        offsets.push(offset);
-        offset += text.chars().count();
-        tokens.push(text);
-        logprobs.push(step.logprob);
-        tops.push(Value::Object(top));
+        self.push(text, json!(step.logprob), Value::Object(top), offset)
     }
-    json!({"tokens": tokens, "token_logprobs": logprobs, "top_logprobs": tops, "text_offset": offsets})
+}
+
+/// Completions' object: an echoed prompt's tokens first when given (the first with null
+/// log-probabilities, as OpenAI gives it: nothing predicts it), from character 0; then
+/// `steps`, from character `offset` of the choice's text (after the echoed prompt, or after
+/// the chunks already streamed).
+pub fn completion(
+    tokenizer: &TextTokenizer,
+    prompt: Option<&PromptLogprobs>,
+    steps: &[TokenLogprob],
+    mut offset: usize,
+) -> Value {
+    let mut object = Completion::default();
+    if let Some(prompt) = prompt {
+        let first = text_of(tokenizer, prompt.first);
+        let mut at = object.push(first, Value::Null, Value::Null, 0);
+        for step in &prompt.rest {
+            at = object.push_step(tokenizer, step, at);
+        }
+    }
+    for step in steps {
+        offset = object.push_step(tokenizer, step, offset);
+    }
+    json!({
+        "tokens": object.tokens, "token_logprobs": object.logprobs,
+        "top_logprobs": object.tops, "text_offset": object.offsets,
+    })
 }
 
 fn chat_entry(tokenizer: &TextTokenizer, token: u32, logprob: f32) -> Map<String, Value> {

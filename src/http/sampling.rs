@@ -37,8 +37,16 @@ pub struct Sampling {
     pub include_usage: bool,
     /// Top log-probabilities per token asked for: None when not asked.
     pub logprobs: Option<usize>,
-    /// Completions' `echo`: the prompt is returned before the completion.
+    /// Completions' `echo`: the prompt is returned before the completion (with each prompt
+    /// token's log-probability when `logprobs` is asked too).
     pub echo: bool,
+}
+
+impl Sampling {
+    /// `max_tokens: 0` with `echo`: the prompt scored, nothing generated.
+    pub fn scores_only(&self) -> bool {
+        self.max_tokens == Some(0)
+    }
 }
 
 fn invalid(param: &str, message: impl Into<String>) -> ApiError {
@@ -145,7 +153,7 @@ fn logprobs(body: &mut Map<String, Value>, route: Route) -> Result<Option<usize>
 pub fn sampling(body: &mut Map<String, Value>, route: Route) -> Result<Sampling, ApiError> {
     let mut params = Map::new();
     let max_tokens = match route {
-        Route::Completions => count(body, "max_tokens", 1, u32::MAX as u64)?,
+        Route::Completions => count(body, "max_tokens", 0, u32::MAX as u64)?,
         Route::Chat => match count(body, "max_completion_tokens", 1, u32::MAX as u64)? {
             Some(n) => Some(n),
             None => count(body, "max_tokens", 1, u32::MAX as u64)?,
@@ -220,10 +228,10 @@ pub fn sampling(body: &mut Map<String, Value>, route: Route) -> Result<Sampling,
     };
     let logprobs = logprobs(body, route)?;
     let echo = route == Route::Completions && flag(body, "echo")?;
-    if echo && logprobs.is_some() {
+    if max_tokens == Some(0) && !echo {
         return Err(invalid(
-            "logprobs",
-            "`logprobs` with `echo` (the prompt's own log-probabilities) is not served",
+            "max_tokens",
+            "`max_tokens` 0 generates nothing: it needs `echo: true` (the prompt scored)",
         ));
     }
     refuse_unless_empty(body, "logit_bias", "lote does not bias logits")?;
@@ -382,6 +390,12 @@ mod tests {
         assert_eq!(param(json!({"best_of": 3}), Route::Completions), "best_of");
         assert_eq!(param(json!({"top_logprobs": 2}), Route::Chat), "top_logprobs");
         assert_eq!(param(json!({"logprobs": 6}), Route::Completions), "logprobs");
+        assert_eq!(param(json!({"max_tokens": 0}), Route::Completions), "max_tokens");
+        assert_eq!(param(json!({"max_tokens": 0}), Route::Chat), "max_tokens");
+        let scores =
+            parse(json!({"max_tokens": 0, "echo": true, "logprobs": 1}), Route::Completions);
+        let scores = scores.unwrap();
+        assert!(scores.scores_only() && scores.echo && scores.logprobs == Some(1));
         assert_eq!(
             param(json!({"presence_penalty": -2.5}), Route::Completions),
             "presence_penalty"

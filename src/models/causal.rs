@@ -59,8 +59,9 @@ impl<'a> CausalStep<'a> {
     }
 }
 
-impl DecoderStep for CausalStep<'_> {
-    fn step(&mut self, tokens: &Tensor) -> Tensor {
+impl CausalStep<'_> {
+    /// Logits `[rows, new, vocab]` at every position fed, in the model's dtype.
+    fn logits(&mut self, tokens: &Tensor) -> Tensor {
         let (rows, new) = tokens.size2().expect("[rows, new]");
         if self.started {
             let ones = Tensor::ones([rows, new], (Kind::Int64, tokens.device()));
@@ -71,8 +72,19 @@ impl DecoderStep for CausalStep<'_> {
         let positions = (self.key_mask.cumsum(-1, Kind::Int64) - 1)
             .masked_fill(&self.key_mask.eq(0), 1)
             .narrow(1, total - new, new);
-        let logits = self.model.forward(tokens, &positions, &self.key_mask, &mut self.cache);
-        logits.select(1, new - 1).to_kind(Kind::Float)
+        self.model.forward(tokens, &positions, &self.key_mask, &mut self.cache)
+    }
+}
+
+impl DecoderStep for CausalStep<'_> {
+    fn step(&mut self, tokens: &Tensor) -> Tensor {
+        self.logits(tokens).select(1, -1).to_kind(Kind::Float)
+    }
+
+    fn step_scoring(&mut self, tokens: &Tensor, scored: &Tensor) -> (Tensor, Option<Tensor>) {
+        let logits = self.logits(tokens);
+        let all = logits.index_select(0, scored).to_kind(Kind::Float);
+        (logits.select(1, -1).to_kind(Kind::Float), Some(all))
     }
 
     fn select_rows(&mut self, rows: &Tensor) {

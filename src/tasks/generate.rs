@@ -19,7 +19,7 @@ use super::{
 use crate::{
     device::Placement,
     engine::scheduler::StopFn,
-    generation::{GenerateConfig, GenerateOverrides, TokenIds, TokenLogprob},
+    generation::{GenerateConfig, GenerateOverrides, PromptLogprobs, TokenIds, TokenLogprob},
     models::{
         ModelError,
         generative::{LoadedGenerator, load_generator},
@@ -113,6 +113,10 @@ pub struct Generation {
     /// (`GenerateConfig::logprobs`).
     #[serde(skip)]
     pub logprobs: Option<Vec<Vec<TokenLogprob>>>,
+    /// Each prompt token's log-probability after the first, when asked for
+    /// (`GenerateConfig::prompt_logprobs`).
+    #[serde(skip)]
+    pub prompt_logprobs: Option<PromptLogprobs>,
 }
 
 pub struct GenerationPipeline {
@@ -500,6 +504,7 @@ impl GenerationPipeline {
             output_tokens: Vec::new(),
             finish_reasons: Vec::new(),
             logprobs: None,
+            prompt_logprobs: None,
         };
         for new in sequences {
             let (tokens, reason) = self.trim(new, &params.generate, &params.stop);

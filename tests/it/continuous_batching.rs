@@ -74,6 +74,7 @@ async fn joins_equal_alone(model: &str, task: Task, dtype: Dtype) {
                 finished = true;
             }
             StreamEvent::Failed(error) => panic!("{error}"),
+            StreamEvent::Prompt { .. } => panic!("the prompt's log-probabilities were not asked"),
         }
     }
     assert!(finished, "the long generation was still running while the others joined");

@@ -242,10 +242,11 @@ async fn completions_and_chat_through_the_openai_client_equal_grpc_and_transform
     let conversations = serde_json::to_string(&conversations).unwrap();
     let completion = &reference["completion"][0];
     let completion_prompt = completion["prompt"].as_str().unwrap().to_string();
+    let argument = completion_prompt.clone();
     let output = tokio::task::spawn_blocking(move || {
         std::process::Command::new(python)
             .arg(script)
-            .args([&base_url, "gen", "chat", &conversations, &completion_prompt, &prompt_ids])
+            .args([&base_url, "gen", "chat", &conversations, &argument, &prompt_ids])
             .output()
             .unwrap()
     })
@@ -386,28 +387,78 @@ async fn completions_and_chat_through_the_openai_client_equal_grpc_and_transform
             }
         }
     }
+    // Completions' legacy object: token `at + i` of `legacy` is step `i`, from character `offset`.
+    let check_steps = |legacy: &Value, steps: &[Value], at: usize, mut offset: usize| {
+        for (i, e) in steps.iter().enumerate() {
+            let step = at + i;
+            assert_eq!(legacy["tokens"][step], text_of(&e["token"]), "token {step}");
+            close(&legacy["token_logprobs"][step], &e["logprob"], "token_logprobs");
+            // Keyed by text, as OpenAI's: tokens that decode alike (U+FFFD) keep the first.
+            let top = legacy["top_logprobs"][step].as_object().unwrap();
+            let tops = e["top"].as_array().unwrap();
+            for et in tops {
+                let text = text_of(&et[0]);
+                if tops.iter().filter(|t| text_of(&t[0]) == text).count() == 1
+                    && text != text_of(&e["token"])
+                {
+                    close(&top[&text], &et[1], "top_logprobs");
+                }
+            }
+            assert_eq!(legacy["text_offset"][step], offset, "text_offset {step}");
+            offset += text_of(&e["token"]).chars().count();
+        }
+        offset
+    };
     let legacy = &out["completion_logprobs"];
     let steps = completion["new_logprobs"].as_array().unwrap();
     assert_eq!(legacy["text"], completion["new_text"]);
     assert_eq!(legacy["tokens"].as_array().unwrap().len(), steps.len());
-    let mut offset = 0;
-    for (step, e) in steps.iter().enumerate() {
-        assert_eq!(legacy["tokens"][step], text_of(&e["token"]));
-        close(&legacy["token_logprobs"][step], &e["logprob"], "token_logprobs");
-        // Keyed by text, as OpenAI's: tokens that decode alike (U+FFFD) keep the first.
-        let top = legacy["top_logprobs"][step].as_object().unwrap();
-        let tops = e["top"].as_array().unwrap();
-        for et in tops {
-            let text = text_of(&et[0]);
-            if tops.iter().filter(|t| text_of(&t[0]) == text).count() == 1
-                && text != text_of(&e["token"])
-            {
-                close(&top[&text], &et[1], "top_logprobs");
+    check_steps(legacy, steps, 0, 0);
+    // `echo` with `logprobs`: the prompt's tokens first (the first with nulls, as OpenAI's),
+    // each scored as transformers scores it, then the completion's; whole and streamed.
+    let prompt_steps = completion["prompt_logprobs"].as_array().unwrap();
+    let first = &completion["prompt_ids"][0];
+    let echoed = &out["echo_logprobs"];
+    let new_text = completion["new_text"].as_str().unwrap();
+    assert_eq!(echoed["text"], format!("{completion_prompt}{new_text}"));
+    assert_eq!(echoed["tokens"].as_array().unwrap().len(), 1 + prompt_steps.len() + steps.len());
+    for object in [echoed, &out["echo_scores"], &out["echo_logprobs_stream"]] {
+        assert_eq!(object["tokens"][0], text_of(first), "{object}");
+        assert_eq!(object["token_logprobs"][0], Value::Null, "{object}");
+        assert_eq!(object["text_offset"][0], 0);
+    }
+    assert_eq!(echoed["top_logprobs"][0], Value::Null);
+    let after_prompt = check_steps(echoed, prompt_steps, 1, text_of(first).chars().count());
+    assert_eq!(after_prompt, completion_prompt.chars().count(), "the prompt's tokens spell it");
+    check_steps(echoed, steps, 1 + prompt_steps.len(), after_prompt);
+    // `max_tokens: 0`: the prompt scored, nothing generated.
+    let scores = &out["echo_scores"];
+    assert_eq!(scores["text"], completion_prompt);
+    assert_eq!(scores["finish"], "length");
+    assert_eq!(scores["usage"]["completion_tokens"], 0);
+    assert_eq!(scores["usage"]["prompt_tokens"], prompt_steps.len() + 1);
+    assert_eq!(scores["tokens"].as_array().unwrap().len(), 1 + prompt_steps.len());
+    check_steps(scores, prompt_steps, 1, text_of(first).chars().count());
+    let pair = &out["echo_pair"][1];
+    let alone = scores["token_logprobs"].as_array().unwrap();
+    assert_eq!(pair.as_array().unwrap().len(), alone.len());
+    for (batched, alone) in pair.as_array().unwrap().iter().zip(alone).skip(1) {
+        close(batched, alone, "a prompt scored beside a shorter one");
+    }
+    let streamed = &out["echo_logprobs_stream"];
+    assert_eq!(streamed["text"], echoed["text"]);
+    for key in ["tokens", "token_logprobs", "text_offset"] {
+        let (a, b) = (streamed[key].as_array().unwrap(), echoed[key].as_array().unwrap());
+        assert_eq!(a.len(), b.len(), "{key}");
+        for (x, y) in a.iter().zip(b) {
+            match (x.as_f64(), y.as_f64()) {
+                (Some(x), Some(y)) => assert!((x - y).abs() < 1e-4, "{key}: {x} vs {y}"),
+                _ => assert_eq!(x, y, "{key}"),
             }
         }
-        assert_eq!(legacy["text_offset"][step], offset);
-        offset += text_of(&e["token"]).chars().count();
     }
+    assert_eq!(out["echo_scores_stream"]["text"], completion_prompt);
+    assert_eq!(out["echo_scores_stream"]["finish"], serde_json::json!(["length"]));
 
     assert_eq!(out["chat_stream"][0]["objects"], serde_json::json!(["chat.completion.chunk"]));
     assert_eq!(texts_of(&out["chat_n"]["texts"]).len(), 2);
@@ -454,6 +505,10 @@ async fn completions_and_chat_through_the_openai_client_equal_grpc_and_transform
         error("stream_too_long")
     );
     assert!(shape(error("logit_bias"), 400, Some("logit_bias")).contains("not supported"));
+    assert_eq!(
+        shape(error("scores_without_echo"), 400, Some("max_tokens")),
+        "`max_tokens` 0 generates nothing: it needs `echo: true` (the prompt scored)"
+    );
     assert!(shape(error("tools"), 400, Some("tools")).contains("not supported"));
     assert_eq!(
         shape(error("unknown_field"), 400, Some("temprature")),

@@ -143,6 +143,36 @@ legacy = client.completions.create(model=chat_model, prompt=chat_model_prompt, m
 out["completion_logprobs"] = {"text": legacy.choices[0].text,
                               **legacy.choices[0].logprobs.model_dump()}
 out["chat_n"] = chat(conversations[0], max_completion_tokens=6, n=2, seed=7)
+# `echo` with `logprobs`: the prompt scored before the completion; `max_tokens=0` scores only
+# (lm-evaluation-harness's log-likelihoods).
+echoed = client.completions.create(model=chat_model, prompt=chat_model_prompt, max_tokens=12,
+                                   temperature=0, logprobs=2, echo=True)
+out["echo_logprobs"] = {"text": echoed.choices[0].text, "finish": echoed.choices[0].finish_reason,
+                        **echoed.choices[0].logprobs.model_dump()}
+scores = client.completions.create(model=chat_model, prompt=chat_model_prompt, max_tokens=0,
+                                   logprobs=2, echo=True)
+out["echo_scores"] = {"text": scores.choices[0].text, "finish": scores.choices[0].finish_reason,
+                      "usage": scores.usage.model_dump(), **scores.choices[0].logprobs.model_dump()}
+# A shorter prompt beside it, padded in the same prefill: the long one's scores are unchanged.
+pair = client.completions.create(model=chat_model, prompt=["Oi", chat_model_prompt], max_tokens=0,
+                                 logprobs=2, echo=True)
+out["echo_pair"] = [choice.logprobs.token_logprobs for choice in pair.choices]
+chunks = list(client.completions.create(model=chat_model, prompt=chat_model_prompt, max_tokens=12,
+                                        temperature=0, logprobs=2, echo=True, stream=True))
+joined = {"text": "", "tokens": [], "token_logprobs": [], "text_offset": []}
+for chunk in chunks:
+    for choice in chunk.choices:
+        joined["text"] += choice.text
+        if choice.logprobs is not None:
+            for key in ["tokens", "token_logprobs", "text_offset"]:
+                joined[key].extend(getattr(choice.logprobs, key))
+out["echo_logprobs_stream"] = joined
+scores = list(client.completions.create(model=chat_model, prompt=chat_model_prompt, max_tokens=0,
+                                        logprobs=2, echo=True, stream=True))
+out["echo_scores_stream"] = {
+    "text": "".join(c.text for chunk in scores for c in chunk.choices),
+    "finish": [c.finish_reason for chunk in scores for c in chunk.choices if c.finish_reason],
+}
 
 
 def stream_error_of(call):
@@ -173,8 +203,8 @@ out["errors"] = {
         tools=[{"type": "function", "function": {"name": "f", "parameters": {}}}])),
     "unknown_field": error_of(lambda: client.completions.create(
         model=gen_model, prompt=prompt, extra_body={"temprature": 1})),
-    "echo_logprobs": error_of(lambda: client.completions.create(
-        model=gen_model, prompt=prompt, echo=True, logprobs=1)),
+    "scores_without_echo": error_of(lambda: client.completions.create(
+        model=gen_model, prompt=prompt, max_tokens=0, logprobs=1)),
     "image_part": error_of(lambda: client.chat.completions.create(
         model=chat_model, messages=[{"role": "user", "content": [
             {"type": "image_url", "image_url": {"url": "http://x/y.png"}}]}])),
