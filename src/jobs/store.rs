@@ -13,7 +13,7 @@
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde_json::Value;
-use sqlx::{AnyPool, Row, any::AnyPoolOptions};
+use sqlx::{AnyPool, Connection, Row, any::AnyPoolOptions};
 
 use super::{DocumentRecord, DocumentState, JobRecord, JobState, NewDocument, NewJob};
 use crate::settings::Task;
@@ -65,6 +65,17 @@ impl JobStore {
                             .await?;
                     }
                     Ok(())
+                })
+            })
+            // A connection comes back once the rollback of a failed transaction has run (the
+            // ping runs after it), and is closed if it still counts a transaction open: SQLite
+            // rolls back on its own on some errors (a full disk), so sqlx's ROLLBACK fails and
+            // its count stays up; reused, the next BEGIN would be a SAVEPOINT that a later
+            // failure leaves open, holding the write lock for good.
+            .after_release(|connection, _| {
+                Box::pin(async move {
+                    connection.ping().await?;
+                    Ok(!connection.is_in_transaction())
                 })
             })
             .connect(&url)
@@ -581,4 +592,75 @@ fn document_from_row(row: &sqlx::any::AnyRow) -> Result<DocumentRecord, StoreErr
         error: row.try_get("error")?,
         finished_ms: row.try_get("finished_ms")?,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+    use crate::jobs::new_job_id;
+
+    /// Sets `PRAGMA max_page_count` on every connection of the pool (all held at once).
+    async fn limit_pages(store: &JobStore, pages: i64) {
+        let mut held = Vec::new();
+        for _ in 0..4 {
+            let mut connection = store.pool.acquire().await.unwrap();
+            let sql = format!("PRAGMA max_page_count = {pages}");
+            sqlx::query(&sql).execute(&mut *connection).await.unwrap();
+            held.push(connection);
+        }
+    }
+
+    async fn create(store: &JobStore, documents: usize) -> Result<(JobRecord, bool), StoreError> {
+        let job = NewJob {
+            id: new_job_id(),
+            idempotency_key: None,
+            task: Task::FeatureExtraction,
+            model: "m".into(),
+            params: json!({}),
+            external: false,
+            arriving_later: 0,
+            endpoint: None,
+        };
+        let text = "ação e coração ".repeat(200);
+        let documents: Vec<NewDocument> = (0..documents)
+            .map(|i| NewDocument {
+                custom_id: format!("doc-{i}"),
+                input: json!({"text": text}),
+                params: None,
+            })
+            .collect();
+        store.create_job(&job, &documents).await
+    }
+
+    /// A full store (here SQLite's page limit, which gives the same SQLITE_FULL) fails the
+    /// writes that need room, saying so, and once there is room again every write works. The
+    /// page limit does not make SQLite roll a transaction back on its own as a full disk
+    /// does, so the connection check of `after_release` is exercised by `make faults`
+    /// (disk-full, a real tmpfs), not here.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_full_store_refuses_writes_clearly_then_takes_them_when_there_is_room() {
+        let path = std::env::temp_dir().join(format!("lote-full-{}.db", new_job_id()));
+        let store = JobStore::connect(&format!("sqlite://{}", path.display())).await.unwrap();
+        create(&store, 1).await.unwrap();
+        let pages: i64 =
+            sqlx::query("PRAGMA page_count").fetch_one(&store.pool).await.unwrap().get(0);
+        limit_pages(&store, pages + 40).await;
+        let mut refusals = Vec::new();
+        for _ in 0..40 {
+            // Writers at once, as the worker's group commit and submissions are.
+            let (a, b) = tokio::join!(create(&store, 30), create(&store, 30));
+            refusals.extend([a, b].into_iter().filter_map(Result::err).map(|e| e.to_string()));
+        }
+        assert!(!refusals.is_empty(), "the page limit was never reached");
+        assert!(refusals.iter().all(|r| r.contains("database or disk is full")), "{refusals:?}");
+        limit_pages(&store, 1 << 30).await;
+        for _ in 0..10 {
+            let (job, _) = create(&store, 30).await.unwrap();
+            assert_eq!(store.job(&job.id).await.unwrap().unwrap().total, 30);
+        }
+        store.close().await;
+        let _ = std::fs::remove_file(&path);
+    }
 }

@@ -26,8 +26,13 @@ OUTAGE_S = 30
 WORDS = ["ação", "São Paulo", "você", "maçã", "pão", "coração", "João", "avó"]
 
 
-def sh(*args, check=True):
-    return subprocess.run(args, check=check, capture_output=True, text=True)
+def sh(*args, check=True, timeout=300):
+    """A command's output; a command that hangs past `timeout` seconds fails the scenario."""
+    return subprocess.run(args, check=check, capture_output=True, text=True, timeout=timeout)
+
+
+def progress(message):
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
 
 def cluster():
@@ -70,14 +75,21 @@ class Worker:
                 break
         else:
             raise SystemExit("lote serve exited before serving")
-        # Keep reading its log so it never blocks on a full pipe.
+        # Keep reading its log so it never blocks on a full pipe; warnings and errors are kept
+        # for the report of a scenario that fails.
         import threading
-        threading.Thread(target=lambda: [None for _ in self.process.stderr], daemon=True).start()
+        self.log = []
+        threading.Thread(target=self.keep_log, args=(self.process.stderr,), daemon=True).start()
         deadline = time.time() + 120
         while sh(LOTE, "health", "--addr", self.addr, check=False).returncode != 0:
             if time.time() > deadline:
                 raise SystemExit("the worker did not load its model")
             time.sleep(0.5)
+
+    def keep_log(self, stream):
+        for line in stream:
+            if '"WARN"' in line or '"ERROR"' in line:
+                self.log.append(line.strip())
 
     def kill(self):
         self.process.send_signal(signal.SIGKILL)
@@ -123,7 +135,10 @@ class Worker:
             if status and predicate(status):
                 return status
             time.sleep(0.2)
-        raise SystemExit(f"job {job}: {self.status(job)} after {limit_s} s")
+        recent, status = "\n".join(self.log[-20:]), self.status(job)
+        self.stop()
+        raise SystemExit(f"job {job}: {status} after {limit_s} s; the worker's last "
+                         f"warnings and errors:\n{recent}")
 
     def count(self, job, submitted):
         out = sh(LOTE, "results", "--addr", self.addr, job).stdout.splitlines()
@@ -142,12 +157,14 @@ def outage(worker, job, stop, start, submitted):
     """Stops a server mid-job for OUTAGE_S, probing the worker's gRPC meanwhile."""
     worker.wait(job, lambda s: s[1] >= 50)
     started = time.time()
+    progress(f"stopping the server mid-job: {worker.status(job)}")
     stop()
     probes = []
     while time.time() - started < OUTAGE_S:
         probes.append(worker.answers())
         time.sleep(2)
     start()
+    progress(f"started again: {worker.status(job)}")
     worker.wait(job, lambda s: s[0] in ("completed", "failed", "cancelled"))
     report = worker.count(job, submitted)
     report["served_during_outage"] = f"{sum(probes)}/{len(probes)}"
@@ -211,6 +228,7 @@ def disk_full(folder):
     mount = os.path.join(folder, "small")
     os.makedirs(mount)
     sh("mount", "-t", "tmpfs", "-o", "size=12m", "tmpfs", mount)
+    worker = None
     try:
         worker = Worker(folder, f"sqlite://{mount}/lote.db", False, "x")
         filler = os.path.join(mount, "filler")
@@ -221,21 +239,28 @@ def disk_full(folder):
         refusals, accepted = [], []
         for attempt in range(30):
             out = worker.submit(folder, 2000, custom=str(attempt))
+            progress(f"disk-full: submission {attempt}: exit {out.returncode} "
+                     f"{out.stdout.strip()} {out.stderr.strip()[-300:]}")
             if out.returncode == 0:
                 accepted.append(out.stdout.strip())
             else:
                 refusals.append(out.stderr.strip())
                 break
         served_when_full = worker.answers()
+        progress(f"disk-full: served when full: {served_when_full}; freeing the disk")
         os.remove(filler)
         after = worker.submit(folder, 500, custom="after")
         resumed = after.returncode == 0
+        progress(f"disk-full: submission after freeing: exit {after.returncode} {after.stderr.strip()[-300:]}")
         for job in accepted + ([after.stdout.strip()] if resumed else []):
-            worker.wait(job, lambda s: s[0] in ("completed", "failed", "cancelled"))
+            progress(f"disk-full: waiting for {job}: {worker.status(job)}")
+            worker.wait(job, lambda s: s[0] in ("completed", "failed", "cancelled"), limit_s=180)
         counts = [worker.count(job, worker.status(job)[2]) for job in accepted]
         worker.stop()
         import sqlite3
-        integrity = sqlite3.connect(f"{mount}/lote.db").execute("PRAGMA integrity_check").fetchone()[0]
+        store = sqlite3.connect(f"{mount}/lote.db")
+        integrity = store.execute("PRAGMA integrity_check").fetchone()[0]
+        store.close()
         return {
             "jobs_accepted_before_full": len(accepted),
             "refusal": refusals[0] if refusals else None,
@@ -246,6 +271,8 @@ def disk_full(folder):
             "integrity_check": integrity,
         }
     finally:
+        if worker is not None and worker.process.poll() is None:
+            worker.kill()
         sh("umount", mount, check=False)
 
 
