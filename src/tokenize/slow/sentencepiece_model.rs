@@ -84,8 +84,22 @@ pub(crate) fn decode(bytes: &[u8]) -> Result<ModelProto, String> {
     if proto.normalizer_spec.is_none() {
         return Err("it has no normalizer_spec".into());
     }
-    if !proto.pieces.iter().any(|p| p.r#type() == PIECE_UNKNOWN) {
-        return Err("it has no unknown piece".into());
+    // As SentencePiece's InitializePieces: one id per piece, one unknown piece (a vocabulary
+    // with a piece twice would give ids past its size).
+    let mut seen = std::collections::HashSet::with_capacity(proto.pieces.len());
+    for (id, piece) in proto.pieces.iter().enumerate() {
+        let text = piece.piece.as_deref().unwrap_or_default();
+        if text.is_empty() {
+            return Err(format!("piece {id} is empty"));
+        }
+        if !seen.insert(text) {
+            return Err(format!("piece {id}, `{text}`, is already defined"));
+        }
+    }
+    match proto.pieces.iter().filter(|p| p.r#type() == PIECE_UNKNOWN).count() {
+        0 => return Err("it has no unknown piece".into()),
+        1 => {}
+        _ => return Err("it has more than one unknown piece".into()),
     }
     Ok(proto)
 }

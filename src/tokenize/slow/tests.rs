@@ -181,6 +181,33 @@ fn a_sentencepiece_model_cut_between_fields_is_refused_too() {
 }
 
 #[test]
+fn a_piece_defined_twice_is_refused_as_sentencepiece_refuses_it() {
+    // Found by the slow_sentencepiece fuzz target: with a piece twice the vocabulary counted
+    // fewer ids than the model gave out. SentencePiece says "▁o is already defined".
+    let mut model = ModelProto::decode(sentencepiece_model().as_slice()).expect("decodes");
+    model.pieces.push(model.pieces[4].clone());
+    let dir = dir_with(&[
+        ("sentencepiece.bpe.model", &model.encode_to_vec()),
+        ("tokenizer_config.json", br#"{"tokenizer_class": "MBartTokenizer"}"#),
+    ]);
+    assert_eq!(
+        error_of(dir.path()),
+        format!(
+            "{}: not a valid SentencePiece model (piece 8, `▁ola`, is already defined); the file \
+             is corrupt or truncated: download it again",
+            path(&dir, "sentencepiece.bpe.model")
+        )
+    );
+    let mut empty = ModelProto::decode(sentencepiece_model().as_slice()).expect("decodes");
+    empty.pieces[5].piece = Some(String::new());
+    let dir = dir_with(&[
+        ("spiece.model", &empty.encode_to_vec()),
+        ("tokenizer_config.json", br#"{"tokenizer_class": "T5Tokenizer"}"#),
+    ]);
+    assert!(error_of(dir.path()).contains("(piece 5 is empty)"), "{}", error_of(dir.path()));
+}
+
+#[test]
 fn a_damaged_charsmap_is_refused_when_loaded_not_when_used() {
     // One trie unit whose children lie past the end: `Precompiled` accepts it, then panics on
     // the first character it looks up.
