@@ -81,24 +81,14 @@ async fn write_batches(store: JobStore, mut receiver: mpsc::Receiver<Finish>) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::jobs::{NewDocument, NewJob, new_job_id};
-    use crate::settings::Task;
+    use crate::jobs::{NewDocument, test_job};
     use serde_json::json;
 
     async fn store_with_job(documents: usize) -> (JobStore, String, tempfile::TempDir) {
         let dir = tempfile::tempdir().unwrap();
         let url = format!("sqlite://{}", dir.path().join("jobs.db").display());
         let store = JobStore::connect(&url).await.unwrap();
-        let job = NewJob {
-            id: new_job_id(),
-            idempotency_key: None,
-            task: Task::FeatureExtraction,
-            model: "m".into(),
-            params: json!({}),
-            external: false,
-            arriving_later: 0,
-            endpoint: None,
-        };
+        let job = test_job();
         let new: Vec<NewDocument> = (0..documents)
             .map(|i| NewDocument {
                 custom_id: format!("d{i}"),

@@ -122,3 +122,18 @@ pub struct DocumentRecord {
 pub fn new_job_id() -> String {
     format!("job_{}", uuid::Uuid::now_v7().simple())
 }
+
+/// A fresh feature-extraction job of model `m` for the unit tests of the store's users.
+#[cfg(test)]
+pub(crate) fn test_job() -> NewJob {
+    NewJob {
+        id: new_job_id(),
+        idempotency_key: None,
+        task: crate::settings::Task::FeatureExtraction,
+        model: "m".into(),
+        params: serde_json::json!({}),
+        external: false,
+        arriving_later: 0,
+        endpoint: None,
+    }
+}

@@ -599,7 +599,7 @@ mod tests {
     use serde_json::json;
 
     use super::*;
-    use crate::jobs::new_job_id;
+    use crate::jobs::test_job;
 
     /// Sets `PRAGMA max_page_count` on every connection of the pool (all held at once).
     async fn limit_pages(store: &JobStore, pages: i64) {
@@ -613,16 +613,7 @@ mod tests {
     }
 
     async fn create(store: &JobStore, documents: usize) -> Result<(JobRecord, bool), StoreError> {
-        let job = NewJob {
-            id: new_job_id(),
-            idempotency_key: None,
-            task: Task::FeatureExtraction,
-            model: "m".into(),
-            params: json!({}),
-            external: false,
-            arriving_later: 0,
-            endpoint: None,
-        };
+        let job = test_job();
         let text = "ação e coração ".repeat(200);
         let documents: Vec<NewDocument> = (0..documents)
             .map(|i| NewDocument {
@@ -641,8 +632,9 @@ mod tests {
     /// (disk-full, a real tmpfs), not here.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_full_store_refuses_writes_clearly_then_takes_them_when_there_is_room() {
-        let path = std::env::temp_dir().join(format!("lote-full-{}.db", new_job_id()));
-        let store = JobStore::connect(&format!("sqlite://{}", path.display())).await.unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("jobs.db").display());
+        let store = JobStore::connect(&url).await.unwrap();
         create(&store, 1).await.unwrap();
         let pages: i64 =
             sqlx::query("PRAGMA page_count").fetch_one(&store.pool).await.unwrap().get(0);
@@ -661,6 +653,5 @@ mod tests {
             assert_eq!(store.job(&job.id).await.unwrap().unwrap().total, 30);
         }
         store.close().await;
-        let _ = std::fs::remove_file(&path);
     }
 }
