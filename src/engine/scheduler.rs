@@ -655,16 +655,8 @@ fn prefill<'m, M: StepModel>(
     let mut prompt_logprobs: Vec<Option<PromptLogprobs>> = vec![None; joiners.len()];
     if let Some(all) = scored_logits {
         for (k, &(index, _)) in scored.iter().enumerate() {
-            let request = &joiners[index].0;
-            let real = request.prompt.len() as i64;
-            let targets: Vec<i64> = request.prompt.iter().skip(1).map(|&t| i64::from(t)).collect();
-            // Position `p` predicts token `p + 1`: the real positions but the last.
-            let predicting = all.get(k as i64).narrow(0, width as i64 - real, (real - 1).max(0));
-            let top = request.config.prompt_logprobs.unwrap_or(0);
-            let targets = Tensor::from_slice(&targets).to_device(device);
-            let rest = search::scored_tokens(&predicting, &targets, top);
-            let first = request.prompt.first().copied().unwrap_or_default();
-            prompt_logprobs[index] = Some(PromptLogprobs { first, rest });
+            let logits = all.get(k as i64);
+            prompt_logprobs[index] = Some(prompt_scores(&joiners[index].0, &logits, width));
         }
     }
     let mut offset = 0;
@@ -682,6 +674,20 @@ fn prefill<'m, M: StepModel>(
     }
     *fresh = Some(step);
     out
+}
+
+/// A left-padded prompt's log-probabilities from its logits `[width, vocab]` at every position.
+fn prompt_scores(request: &GenerationRequest, logits: &Tensor, width: usize) -> PromptLogprobs {
+    let real = request.prompt.len() as i64;
+    let targets: Vec<i64> = request.prompt.iter().skip(1).map(|&t| i64::from(t)).collect();
+    let targets = Tensor::from_slice(&targets).to_device(logits.device());
+    // Position `p` predicts token `p + 1`: the real positions but the last.
+    let predicting = logits.narrow(0, width as i64 - real, (real - 1).max(0));
+    let top = request.config.prompt_logprobs.unwrap_or(0);
+    PromptLogprobs {
+        first: request.prompt.first().copied().unwrap_or_default(),
+        rest: search::scored_tokens(&predicting, &targets, top),
+    }
 }
 
 impl Group {
