@@ -12,7 +12,7 @@ CONFIG ?= config/default.toml
 
 FIXTURES := tests/fixtures/models
 
-.PHONY: setup build release run test fixtures fmt lint clean bench faults
+.PHONY: setup build release run test fixtures fmt lint clean bench faults fuzz
 
 setup:
 	@scripts/setup
@@ -64,6 +64,7 @@ test: setup fixtures
 	$(CARGO) fmt --check
 	$(LINTED) $(CARGO) build --examples
 	LOTE_TEST_POSTGRES=$$(scripts/services) $(LINTED) $(CARGO) test --lib --bins --tests
+	$(MAKE) fuzz FUZZ_SECONDS=20
 
 ## Benchmarks beside the Python peers (own venv: .venv-bench); writes bench/results/.
 BENCH_VENV ?= $(CURDIR)/.venv-bench
@@ -73,6 +74,24 @@ bench: setup
 	$(CARGO) build --release --bin lote --example load --example jobs_transport
 	scripts/services >/dev/null
 	$(BENCH_VENV)/bin/python bench/harness.py --target $(TARGET_DIR)
+
+## Each fuzz target (fuzz/) for FUZZ_SECONDS from its committed seeds in fuzz/corpus/, what it
+## learns kept in target/fuzz-corpus/; a crash fails and leaves its input in fuzz/artifacts/.
+## RUSTC_BOOTSTRAP lets the stable toolchain take cargo fuzz's sanitizer flags; cargo-fuzz is
+## built once into the venv. `make test` runs each for 20 s.
+FUZZ_SECONDS ?= 600
+FUZZ_TARGETS := parse_pickle read_archive slow_sentencepiece
+CARGO_FUZZ := $(VENV)/bin/cargo-fuzz
+$(CARGO_FUZZ):
+	$(CARGO) install cargo-fuzz --version 0.13.2 --locked --root $(VENV)
+fuzz: setup fixtures $(CARGO_FUZZ)
+	for target in $(FUZZ_TARGETS); do \
+		mkdir -p $(TARGET_DIR)/fuzz-corpus/$$target && \
+		(cd fuzz && RUSTC_BOOTSTRAP=1 $(CARGO) fuzz run --target-dir $(TARGET_DIR)/fuzz $$target \
+			$(TARGET_DIR)/fuzz-corpus/$$target $(CURDIR)/fuzz/corpus/$$target \
+			-- -max_total_time=$(FUZZ_SECONDS)) \
+			|| exit 1; \
+	done
 
 ## Real faults under a running job (minutes; needs root): RabbitMQ and PostgreSQL stopped for
 ## 30 s, SIGKILL while results commit, the SQLite disk full. A JSON report per scenario.
