@@ -245,3 +245,29 @@ pub fn read_json(path: &std::path::Path) -> serde_json::Value {
         .unwrap_or_else(|e| panic!("{}: {e} (run `make fixtures`)", path.display()));
     serde_json::from_str(&text).expect("fixture is JSON")
 }
+
+/// Asserts two JSON values are equal but for numbers, which may differ by `tolerance`: the same
+/// input computed in batches of other shapes differs in the last float bits (a GEMM's rows take
+/// different kernel paths), within the 1e-4 parity bound.
+pub fn assert_json_close(a: &serde_json::Value, b: &serde_json::Value, tolerance: f64, at: &str) {
+    use serde_json::Value;
+    match (a, b) {
+        (Value::Number(x), Value::Number(y)) => {
+            let (x, y) = (x.as_f64().unwrap(), y.as_f64().unwrap());
+            assert!((x - y).abs() <= tolerance, "{at}: {x} vs {y}");
+        }
+        (Value::Array(xs), Value::Array(ys)) => {
+            assert_eq!(xs.len(), ys.len(), "{at}: lengths");
+            for (i, (x, y)) in xs.iter().zip(ys).enumerate() {
+                assert_json_close(x, y, tolerance, &format!("{at}[{i}]"));
+            }
+        }
+        (Value::Object(xs), Value::Object(ys)) => {
+            assert_eq!(xs.keys().collect::<Vec<_>>(), ys.keys().collect::<Vec<_>>(), "{at}: keys");
+            for (key, x) in xs {
+                assert_json_close(x, &ys[key], tolerance, &format!("{at}.{key}"));
+            }
+        }
+        _ => assert_eq!(a, b, "{at}"),
+    }
+}
