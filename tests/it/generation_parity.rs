@@ -28,11 +28,6 @@ use tch::{Device, Kind, Tensor};
 const MODELS: &[&str] =
     &["gpt2", "gpt2-scaled", "llama", "mistral", "qwen2", "bart", "mbart", "t5", "t5-v1_1"];
 
-/// libtorch's sampling draws from one process-wide CPU generator (tch exposes no per-call
-/// generator), so two tests that replay seeded sampling at the same time would draw from each
-/// other's seeded stream. The tests that sample hold this while they do.
-static GLOBAL_RNG: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
 fn placement() -> Placement {
     Placement { device: Device::Cpu, dtype: Dtype::Fp32 }
 }
@@ -84,7 +79,7 @@ fn start_of(loaded: &LoadedGenerator, ids: &Tensor, config: &GenerateConfig) -> 
 
 #[test]
 fn every_recorded_generate_call_gives_the_same_tokens() {
-    let _rng = GLOBAL_RNG.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    let _rng = common::hold_global_rng();
     let mut checked = 0;
     for name in MODELS {
         let dir = model_dir(name);
@@ -169,7 +164,7 @@ fn the_cached_path_equals_recomputing_without_the_cache() {
 
 #[test]
 fn sampling_is_seeded_and_top_k_1_is_greedy() {
-    let _rng = GLOBAL_RNG.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    let _rng = common::hold_global_rng();
     for name in ["gpt2", "t5"] {
         let dir = model_dir(name);
         let loaded = load_generator(&dir, &placement()).unwrap();
