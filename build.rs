@@ -6,12 +6,15 @@
 //!    `torch_cuda` with `--no-as-needed` (the linker would otherwise drop it, since no symbol of it
 //!    is referenced, and `tch::Cuda::is_available()` would be false on a GPU) and bake in an rpath
 //!    to that dir so `target/*/lote` runs without LD_LIBRARY_PATH.
+//! 3. Compile csrc/onednn_linear.cpp against that libtorch's headers (the wheel's include/,
+//!    beside lib/): the oneDNN linear operators tch does not wrap (src/models/onednn.rs).
 
 use std::{env, path::PathBuf};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     generate_grpc_code()?;
-    link_libtorch();
+    let lib_dir = link_libtorch();
+    compile_onednn_shim(lib_dir.as_deref());
     Ok(())
 }
 
@@ -38,12 +41,13 @@ fn generate_grpc_code() -> Result<(), Box<dyn std::error::Error>> {
     Ok(())
 }
 
-fn link_libtorch() {
+/// Links libtorch as described above; returns its lib dir.
+fn link_libtorch() -> Option<PathBuf> {
     println!("cargo:rerun-if-env-changed=DEP_TCH_LIBTORCH_LIB");
     let Ok(lib_dir) = env::var("DEP_TCH_LIBTORCH_LIB") else {
         println!("cargo:warning=torch-sys gave no libtorch lib dir: no rpath, no torch_cuda");
         println!("cargo:rustc-env=LOTE_LIBTORCH_VERSION=unknown");
-        return;
+        return None;
     };
     let lib_dir = PathBuf::from(lib_dir);
     // The wheel's torch/version.py, beside lib/, names the version we build against.
@@ -62,4 +66,26 @@ fn link_libtorch() {
         println!("cargo:rustc-link-arg=-ltorch_cuda");
         println!("cargo:rustc-link-arg=-Wl,--as-needed");
     }
+    Some(lib_dir)
+}
+
+/// Builds the C++ shim with the flags torch-sys builds its own with (C++17, the wheel's C++11
+/// ABI: every torch wheel since 2.7 is built with it).
+fn compile_onednn_shim(lib_dir: Option<&std::path::Path>) {
+    const SHIM: &str = "csrc/onednn_linear.cpp";
+    println!("cargo:rerun-if-changed={SHIM}");
+    println!("cargo:rerun-if-env-changed=LIBTORCH_CXX11_ABI");
+    let include = lib_dir
+        .map(|lib| lib.join("../include"))
+        .expect("libtorch's lib dir (from torch-sys) to find its headers for csrc/");
+    let abi = env::var("LIBTORCH_CXX11_ABI").unwrap_or_else(|_| "1".into());
+    cc::Build::new()
+        .cpp(true)
+        .pic(true)
+        .warnings(false)
+        .include(&include)
+        .flag("-std=c++17")
+        .flag(format!("-D_GLIBCXX_USE_CXX11_ABI={abi}"))
+        .file(SHIM)
+        .compile("lote_onednn");
 }

@@ -245,10 +245,10 @@ impl Bart {
             ));
         }
         let shared = w.get("model.shared.weight", &[cfg.vocab_size, cfg.d_model])?;
-        let lm_head = w
-            .get_optional("lm_head.weight", &[cfg.vocab_size, cfg.d_model])?
-            .unwrap_or_else(|| shared.shallow_clone());
-        let lm_head = Linear::new(w, lm_head, None);
+        let lm_head = match w.get_optional("lm_head.weight", &[cfg.vocab_size, cfg.d_model])? {
+            Some(lm_head) => Linear::new(w, lm_head, None),
+            None => Linear::tied(w, &shared, None),
+        };
         Ok(Self {
             embed_scale: if cfg.scale_embedding { (cfg.d_model as f64).sqrt() } else { 1.0 },
             encoder: Stack::load(w, "model.encoder", cfg, false, pre_norm)?,

@@ -271,10 +271,9 @@ pub fn tied_decoder(
     word_embeddings: &Tensor,
     shape: [i64; 2],
 ) -> Result<Linear, WeightsError> {
-    let weight = match w.get_optional(weight_name, &shape)? {
-        Some(weight) => weight,
-        None => word_embeddings.shallow_clone(),
-    };
     let bias = w.get(bias_name, &[shape[0]])?;
-    Ok(Linear::new(w, weight, Some(bias)))
+    Ok(match w.get_optional(weight_name, &shape)? {
+        Some(weight) => Linear::new(w, weight, Some(bias)),
+        None => Linear::tied(w, word_embeddings, Some(bias)),
+    })
 }

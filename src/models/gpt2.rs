@@ -107,10 +107,10 @@ impl Gpt2 {
             })
             .collect::<Result<Vec<_>, WeightsError>>()?;
         let wte = w.get(&format!("{p}wte.weight"), &[cfg.vocab_size, d])?;
-        let lm_head = w
-            .get_optional("lm_head.weight", &[cfg.vocab_size, d])?
-            .unwrap_or_else(|| wte.shallow_clone());
-        let lm_head = Linear::new(w, lm_head, None);
+        let lm_head = match w.get_optional("lm_head.weight", &[cfg.vocab_size, d])? {
+            Some(lm_head) => Linear::new(w, lm_head, None),
+            None => Linear::tied(w, &wte, None),
+        };
         Ok(Self {
             wpe: w.get(&format!("{p}wpe.weight"), &[cfg.n_positions, d])?,
             wte,

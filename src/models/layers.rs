@@ -8,6 +8,7 @@ use tch::Tensor;
 
 use super::{
     int8::Int8Weight,
+    onednn::PackedWeight,
     weights::{Weights, WeightsError},
 };
 
@@ -22,10 +23,27 @@ pub struct Linear {
 #[derive(Debug)]
 enum LinearWeight {
     Dense(Tensor),
-    /// fp32 on CPU, where few rows (decoding) are multiplied the other way round: see
-    /// [`few_rows_times`].
+    /// fp32 on CPU: oneDNN's kernel over its packed weight (see [`super::onednn`]). `few_rows`
+    /// is the dense weight where keeping it costs no memory (an LM head that is the embedding
+    /// matrix), for the 1-2 rows at which [`few_rows_times`] beats oneDNN on such a head.
+    OneDnn {
+        packed: PackedWeight,
+        few_rows: Option<Tensor>,
+    },
+    /// fp32 on CPU where oneDNN is not available (or `LOTE_CPU_LINEAR=mkl`): MKL, few rows
+    /// (decoding) multiplied the other way round, see [`few_rows_times`].
     CpuFp32(Tensor),
     Int8(Int8Weight),
+}
+
+/// Up to this many rows a tied head multiplies through MKL (see [`LinearWeight::OneDnn`]).
+const HEAD_FEW_ROWS: i64 = 2;
+
+/// Whether CPU fp32 linear layers pack their weights for oneDNN: yes unless the environment
+/// says `LOTE_CPU_LINEAR=mkl` (the earlier path, kept to compare the two on a host).
+fn onednn_wanted() -> bool {
+    static WANTED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *WANTED.get_or_init(|| std::env::var("LOTE_CPU_LINEAR").map_or(true, |v| v != "mkl"))
 }
 
 impl Linear {
@@ -71,9 +89,28 @@ impl Linear {
 
     /// A linear layer over `weight` `[out, in]`, quantized when `w` was loaded for int8.
     pub fn new(w: &Weights, weight: Tensor, bias: Option<Tensor>) -> Self {
+        Self::with_weight(w, weight, bias, false)
+    }
+
+    /// An LM head over the embedding matrix itself (tied weights): like [`Linear::new`], and on
+    /// CPU in fp32 it also keeps that matrix, which the embeddings hold anyway, for one or two
+    /// rows.
+    pub fn tied(w: &Weights, embeddings: &Tensor, bias: Option<Tensor>) -> Self {
+        Self::with_weight(w, embeddings.shallow_clone(), bias, true)
+    }
+
+    fn with_weight(w: &Weights, weight: Tensor, bias: Option<Tensor>, tied: bool) -> Self {
         let cpu_fp32 = weight.device() == tch::Device::Cpu && weight.kind() == tch::Kind::Float;
         let weight = if w.int8_linears() {
             LinearWeight::Int8(Int8Weight::quantize(&weight))
+        } else if cpu_fp32 && onednn_wanted() {
+            match PackedWeight::pack(&weight) {
+                Ok(packed) => LinearWeight::OneDnn { packed, few_rows: tied.then_some(weight) },
+                Err(error) => {
+                    tracing::debug!(%error, "linear layer stays on MKL");
+                    LinearWeight::CpuFp32(weight)
+                }
+            }
         } else if cpu_fp32 {
             LinearWeight::CpuFp32(weight)
         } else {
@@ -85,22 +122,33 @@ impl Linear {
     pub fn forward(&self, x: &Tensor) -> Tensor {
         match &self.weight {
             LinearWeight::Dense(weight) => x.linear(weight, self.bias.as_ref()),
-            LinearWeight::CpuFp32(weight) => {
-                let mut shape = x.size();
-                let rows = x.reshape([-1, weight.size()[1]]);
-                if rows.size()[0] > FEW_ROWS {
-                    return x.linear(weight, self.bias.as_ref());
+            LinearWeight::OneDnn { packed, few_rows } => {
+                let rows = x.numel() as i64 / x.size().last().copied().unwrap_or(1).max(1);
+                match few_rows {
+                    Some(dense) if rows <= HEAD_FEW_ROWS => self.mkl_forward(x, dense),
+                    _ => packed
+                        .linear(x, self.bias.as_ref())
+                        .unwrap_or_else(|error| panic!("{error}")),
                 }
-                let mut out = few_rows_times(&rows, weight);
-                if let Some(bias) = &self.bias {
-                    out += bias;
-                }
-                *shape.last_mut().expect("a linear layer's input has dimensions") =
-                    weight.size()[0];
-                out.view(shape.as_slice())
             }
+            LinearWeight::CpuFp32(weight) => self.mkl_forward(x, weight),
             LinearWeight::Int8(weight) => weight.matmul(x, self.bias.as_ref()),
         }
+    }
+
+    /// `x W^T + b` through MKL: [`few_rows_times`] up to [`FEW_ROWS`] rows.
+    fn mkl_forward(&self, x: &Tensor, weight: &Tensor) -> Tensor {
+        let mut shape = x.size();
+        let rows = x.reshape([-1, weight.size()[1]]);
+        if rows.size()[0] > FEW_ROWS {
+            return x.linear(weight, self.bias.as_ref());
+        }
+        let mut out = few_rows_times(&rows, weight);
+        if let Some(bias) = &self.bias {
+            out += bias;
+        }
+        *shape.last_mut().expect("a linear layer's input has dimensions") = weight.size()[0];
+        out.view(shape.as_slice())
     }
 }
 

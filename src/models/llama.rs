@@ -245,15 +245,15 @@ impl Llama {
             .collect::<Result<Vec<_>, WeightsError>>()?;
         let embed_tokens = w.get(&format!("{p}embed_tokens.weight"), &[cfg.vocab_size, d])?;
         let lm_head = if cfg.tie_word_embeddings {
-            embed_tokens.shallow_clone()
+            Linear::tied(w, &embed_tokens, None)
         } else {
-            w.get("lm_head.weight", &[cfg.vocab_size, d])?
+            Linear::new(w, w.get("lm_head.weight", &[cfg.vocab_size, d])?, None)
         };
         let frequencies = inverse_frequencies(cfg, head_dim)?;
         let inverse_frequencies =
             Tensor::from_slice(&frequencies).to_kind(Kind::Float).to_device(embed_tokens.device());
         Ok(Self {
-            lm_head: Linear::new(w, lm_head, None),
+            lm_head,
             embed_tokens,
             blocks,
             norm: RmsNorm::load(w, &format!("{p}norm"), d, cfg.rms_norm_eps)?,

@@ -20,6 +20,7 @@ pub mod int8_gemm;
 pub mod kv_cache;
 pub mod layers;
 pub mod llama;
+pub mod onednn;
 pub mod pickle;
 pub mod roberta;
 pub mod seq2seq;

@@ -324,7 +324,7 @@ impl T5 {
     pub fn load(w: &Weights, cfg: &T5Config) -> Result<Self, ModelError> {
         let shared = w.get("shared.weight", &[cfg.vocab_size, cfg.d_model])?;
         let lm_head = if cfg.tie_word_embeddings {
-            Linear::new(w, shared.shallow_clone(), None)
+            Linear::tied(w, &shared, None)
         } else {
             unbiased(w, "lm_head", cfg.d_model, cfg.vocab_size)?
         };
