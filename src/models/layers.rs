@@ -123,7 +123,7 @@ impl Linear {
         match &self.weight {
             LinearWeight::Dense(weight) => x.linear(weight, self.bias.as_ref()),
             LinearWeight::OneDnn { packed, few_rows } => {
-                let rows = x.numel() as i64 / x.size().last().copied().unwrap_or(1).max(1);
+                let rows: i64 = x.size().iter().rev().skip(1).product();
                 match few_rows {
                     Some(dense) if rows <= HEAD_FEW_ROWS => self.mkl_forward(x, dense),
                     _ => packed

@@ -56,7 +56,6 @@ fn take(result: *mut C_tensor, error: *mut c_char) -> Result<Tensor, OneDnnError
 #[derive(Debug)]
 pub struct PackedWeight {
     packed: Tensor,
-    output: i64,
 }
 
 impl PackedWeight {
@@ -64,20 +63,15 @@ impl PackedWeight {
     /// the CPU lacks what its kernels need.
     pub fn pack(weight: &Tensor) -> Result<Self, OneDnnError> {
         let weight = weight.contiguous();
-        let output = weight.size()[0];
         let mut error = std::ptr::null_mut();
         // SAFETY: a live tensor; the shim reads it and returns a new one or an error.
         let packed = take(unsafe { lote_onednn_pack_linear(weight.as_ptr(), &mut error) }, error)?;
-        let packed = Self { packed, output };
+        let packed = Self { packed };
         // A product the kernel cannot run (a CPU oneDNN refuses) fails now, not in a request.
         let input = weight.size()[1];
         let _probe =
             packed.linear(&Tensor::zeros([1, input], (weight.kind(), weight.device())), None)?;
         Ok(packed)
-    }
-
-    pub fn output(&self) -> i64 {
-        self.output
     }
 
     /// `x W^T (+ bias)` for fp32 `x` `[..., in]`: a dense `[..., out]`.
@@ -103,7 +97,6 @@ mod tests {
         let weight = Tensor::randn([96, 80], (Kind::Float, Device::Cpu));
         let bias = Tensor::randn([96], (Kind::Float, Device::Cpu));
         let packed = PackedWeight::pack(&weight).expect("oneDNN is in libtorch's CPU build");
-        assert_eq!(packed.output(), 96);
         for shape in [vec![1, 80], vec![2, 80], vec![7, 80], vec![3, 5, 80], vec![300, 80]] {
             let x = Tensor::randn(shape.as_slice(), (Kind::Float, Device::Cpu));
             let expected = x.linear(&weight, Some(&bias));
