@@ -1,4 +1,4 @@
-//! Two jobs before rustc runs:
+//! Three jobs before rustc runs:
 //! 1. Generate the gRPC code for proto/ into OUT_DIR. protox parses the .proto files in Rust, so
 //!    no system protoc is needed; the encoded descriptor set is kept for gRPC reflection.
 //! 2. Link libtorch so that CUDA is really seen and the binary finds libtorch on its own:
@@ -6,15 +6,16 @@
 //!    `torch_cuda` with `--no-as-needed` (the linker would otherwise drop it, since no symbol of it
 //!    is referenced, and `tch::Cuda::is_available()` would be false on a GPU) and bake in an rpath
 //!    to that dir so `target/*/lote` runs without LD_LIBRARY_PATH.
-//! 3. Compile csrc/onednn_linear.cpp against that libtorch's headers (the wheel's include/,
-//!    beside lib/): the oneDNN linear operators tch does not wrap (src/models/onednn.rs).
+//! 3. Compile csrc/*.cpp against that libtorch's headers (the wheel's include/, beside lib/):
+//!    what tch does not wrap: oneDNN's linear operators (src/models/onednn.rs) and a seeded
+//!    generator per request (src/generation/rng.rs).
 
 use std::{env, path::PathBuf};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     generate_grpc_code()?;
     let lib_dir = link_libtorch();
-    compile_onednn_shim(lib_dir.as_deref());
+    compile_shims(lib_dir.as_deref());
     Ok(())
 }
 
@@ -71,9 +72,10 @@ fn link_libtorch() -> Option<PathBuf> {
 
 /// Builds the C++ shim with the flags torch-sys builds its own with (C++17, the wheel's C++11
 /// ABI: every torch wheel since 2.7 is built with it).
-fn compile_onednn_shim(lib_dir: Option<&std::path::Path>) {
-    const SHIM: &str = "csrc/onednn_linear.cpp";
-    println!("cargo:rerun-if-changed={SHIM}");
+fn compile_shims(lib_dir: Option<&std::path::Path>) {
+    const SOURCES: [&str; 3] =
+        ["csrc/shim.cpp", "csrc/onednn_linear.cpp", "csrc/seeded_generator.cpp"];
+    println!("cargo:rerun-if-changed=csrc");
     println!("cargo:rerun-if-env-changed=LIBTORCH_CXX11_ABI");
     let include = lib_dir
         .map(|lib| lib.join("../include"))
@@ -86,6 +88,6 @@ fn compile_onednn_shim(lib_dir: Option<&std::path::Path>) {
         .include(&include)
         .flag("-std=c++17")
         .flag(format!("-D_GLIBCXX_USE_CXX11_ABI={abi}"))
-        .file(SHIM)
-        .compile("lote_onednn");
+        .files(SOURCES)
+        .compile("lote_shims");
 }

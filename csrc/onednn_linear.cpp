@@ -3,48 +3,24 @@
 // libtorch registers these operators in its `mkldnn` namespace (the ones torch.compile's CPU
 // freezing uses); tch generates wrappers for the `aten` namespace only, so they are reached here
 // through the dispatcher. Both take and return ordinary at::Tensor pointers as tch does (a
-// `new at::Tensor` the caller owns). A C++ exception never crosses into Rust: it becomes an
-// error string (malloc'd, freed by the caller with lote_onednn_free_error) and a null result.
+// `new at::Tensor` the caller owns), under shim.h's convention for errors.
 
 #include <ATen/ATen.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 
-#include <cstdlib>
-#include <cstring>
-#include <exception>
+#include "shim.h"
+
 #include <optional>
 #include <string>
 #include <vector>
 
-namespace {
-
-char* copy_message(const char* message) {
-  const size_t length = std::strlen(message);
-  char* copy = static_cast<char*>(std::malloc(length + 1));
-  if (copy != nullptr) std::memcpy(copy, message, length + 1);
-  return copy;
-}
-
-template <typename F>
-at::Tensor* guarded(char** error, F&& body) {
-  *error = nullptr;
-  try {
-    return new at::Tensor(body());
-  } catch (const std::exception& e) {
-    *error = copy_message(e.what());
-  } catch (...) {
-    *error = copy_message("unknown C++ exception");
-  }
-  return nullptr;
-}
-
-}  // namespace
+using lote_shim::guarded;
 
 extern "C" {
 
 // The weight `[out, in]` (fp32, CPU) in oneDNN's blocked layout for its linear kernel.
 at::Tensor* lote_onednn_pack_linear(const at::Tensor* weight, char** error) {
-  return guarded(error, [&] {
+  return guarded<at::Tensor>(error, [&] {
     static auto op = c10::Dispatcher::singleton()
                          .findSchemaOrThrow("mkldnn::_reorder_linear_weight", "")
                          .typed<at::Tensor(const at::Tensor&, std::optional<int64_t>)>();
@@ -56,7 +32,7 @@ at::Tensor* lote_onednn_pack_linear(const at::Tensor* weight, char** error) {
 // null. The result is a dense fp32 tensor `[..., out]`.
 at::Tensor* lote_onednn_linear(const at::Tensor* input, const at::Tensor* packed,
                                const at::Tensor* bias, char** error) {
-  return guarded(error, [&] {
+  return guarded<at::Tensor>(error, [&] {
     static auto op =
         c10::Dispatcher::singleton()
             .findSchemaOrThrow("mkldnn::_linear_pointwise", "")
@@ -69,7 +45,5 @@ at::Tensor* lote_onednn_linear(const at::Tensor* input, const at::Tensor* packed
                    std::nullopt);
   });
 }
-
-void lote_onednn_free_error(char* error) { std::free(error); }
 
 }  // extern "C"

@@ -22,6 +22,7 @@ pub mod models;
 pub mod run;
 pub mod server;
 pub mod settings;
+mod shim;
 pub mod shutdown;
 pub mod tasks;
 pub mod telemetry;

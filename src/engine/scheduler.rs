@@ -9,8 +9,8 @@
 //! Admission follows the batching policy ([`BatchQueue`]): lanes, the queue bound, deadlines, and
 //! the token budget, where a request costs its rows (beams or sampled copies) times its longest
 //! length (prompt plus new tokens). A request whose caller has gone (or whose token stream was
-//! closed) leaves at the next step. Seeded sampling runs alone, so a seed always gives the same
-//! text. Out of memory during a step restarts the batch's requests from the queue with a lower
+//! closed) leaves at the next step. Seeded sampling draws from its own generator (generation::rng)
+//! and runs alone, so a seed always gives the same text, bit for bit the logits it gets alone. Out of memory during a step restarts the batch's requests from the queue with a lower
 //! budget; a request that runs out of memory alone fails alone.
 
 use std::{
@@ -400,9 +400,6 @@ impl<'m, M: StepModel> Worker<'m, M> {
         }
         let joiners = if self.groups.is_empty() {
             if let Some(entry) = self.seeded.pop_front() {
-                if let Some(seed) = entry.item.config.seed {
-                    tch::manual_seed(seed as i64);
-                }
                 vec![entry]
             } else {
                 match self.queue.next_batch(now) {

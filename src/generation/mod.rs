@@ -5,6 +5,7 @@
 //! generation_config.json, then the task's `task_specific_params`, then the call's parameters.
 
 pub mod processors;
+pub mod rng;
 pub mod search;
 pub mod stream;
 

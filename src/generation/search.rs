@@ -5,7 +5,7 @@
 
 use tch::{Device, Kind, Tensor};
 
-use super::{DecoderStep, GenerateConfig, TokenLogprob, processors::Processors};
+use super::{DecoderStep, GenerateConfig, TokenLogprob, processors::Processors, rng::Draws};
 
 /// The finished sequences: `num_return_sequences` per input, start sequence included, padded
 /// with the pad token to one length; beam search also gives each one's score.
@@ -44,9 +44,6 @@ pub fn generate(
     stop: Option<StopCheck<'_>>,
 ) -> Generated {
     let _no_grad = tch::no_grad_guard();
-    if let Some(seed) = config.seed {
-        tch::manual_seed(seed as i64);
-    }
     let (mut search, expand) = Search::new(start, config, max_length);
     let mut feed = match &expand {
         Some(rows) => {
@@ -175,6 +172,7 @@ pub struct SampleSearch {
     prompt_len: usize,
     max_length: usize,
     do_sample: bool,
+    draws: Draws,
     processors: Processors,
     eos: Option<Tensor>,
     pad: i64,
@@ -260,6 +258,7 @@ impl SampleSearch {
             prompt_len: ids.size()[1] as usize,
             max_length,
             do_sample: config.do_sample,
+            draws: Draws::new(config.seed.filter(|_| config.do_sample), device),
             processors,
             eos: eos_tensor(config, device),
             pad: pad_token(config).unwrap_or(0),
@@ -276,7 +275,7 @@ impl SampleSearch {
         let log_probs = self.logprobs.is_some().then(|| logits.log_softmax(-1, Kind::Float));
         let scores = self.processors.apply(&self.ids, logits);
         let next = if self.do_sample {
-            scores.softmax(-1, Kind::Float).multinomial(1, false).squeeze_dim(1)
+            self.draws.multinomial(&scores.softmax(-1, Kind::Float), 1).squeeze_dim(1)
         } else {
             scores.argmax(-1, false)
         };
@@ -342,6 +341,7 @@ fn gather_beams(tensor: &Tensor, indices: &Tensor) -> Tensor {
 /// `_beam_search`, vectorised, as transformers 4.57 writes it: the state its loop carries.
 pub struct BeamSearch {
     config: GenerateConfig,
+    draws: Draws,
     processors: Processors,
     nb: i64,
     rows: i64,
@@ -401,6 +401,7 @@ impl BeamSearch {
             Tensor::full([batch, nb, max_len - cur_len], -1, (Kind::Int64, device));
         Self {
             config: config.clone(),
+            draws: Draws::new(config.seed.filter(|_| config.do_sample), device),
             processors,
             nb,
             rows,
@@ -439,7 +440,7 @@ impl BeamSearch {
         .reshape([batch, nb * vocab]);
 
         let (topk_log_probs, topk_indices) = if self.config.do_sample {
-            let indices = log_probs.softmax(-1, Kind::Float).multinomial(keep, false);
+            let indices = self.draws.multinomial(&log_probs.softmax(-1, Kind::Float), keep);
             (log_probs.gather(1, &indices, false), indices)
         } else {
             log_probs.topk(keep, -1, true, true)

@@ -164,6 +164,7 @@ mod tests {
     use tch::Device;
 
     fn seeded(shape: &[i64]) -> Tensor {
+        let _rng = crate::generation::rng::hold_default_generator();
         tch::manual_seed(7);
         Tensor::randn(shape, (Kind::Float, Device::Cpu))
     }

@@ -14,10 +14,12 @@
 //! lines of C++ (csrc/onednn_linear.cpp, built by build.rs) reach them through libtorch's
 //! dispatcher.
 
-use std::ffi::{CStr, c_char};
+use std::ffi::c_char;
 
 use tch::Tensor;
 use torch_sys::C_tensor;
+
+use crate::shim::take_tensor;
 
 unsafe extern "C" {
     fn lote_onednn_pack_linear(weight: *const C_tensor, error: *mut *mut c_char) -> *mut C_tensor;
@@ -27,7 +29,6 @@ unsafe extern "C" {
         bias: *const C_tensor,
         error: *mut *mut c_char,
     ) -> *mut C_tensor;
-    fn lote_onednn_free_error(error: *mut c_char);
 }
 
 /// A libtorch error from one of the two operators.
@@ -37,19 +38,7 @@ pub struct OneDnnError(String);
 
 /// Takes the result of a shim call: the tensor, or the error it wrote.
 fn take(result: *mut C_tensor, error: *mut c_char) -> Result<Tensor, OneDnnError> {
-    if result.is_null() {
-        let message = if error.is_null() {
-            "no tensor and no error".to_string()
-        } else {
-            // SAFETY: the shim wrote a NUL-terminated string it malloc'd; freed right after.
-            let text = unsafe { CStr::from_ptr(error) }.to_string_lossy().into_owned();
-            unsafe { lote_onednn_free_error(error) };
-            text
-        };
-        return Err(OneDnnError(message));
-    }
-    // SAFETY: a `new at::Tensor` the shim hands over, as tch's own calls do.
-    Ok(unsafe { Tensor::from_ptr(result) })
+    take_tensor(result, error).map_err(OneDnnError)
 }
 
 /// A weight `[out, in]` in oneDNN's layout for [`linear`].
@@ -93,6 +82,7 @@ mod tests {
 
     #[test]
     fn packed_products_match_libtorch_linear_for_any_row_count() {
+        let _rng = crate::generation::rng::hold_default_generator();
         tch::manual_seed(3);
         let weight = Tensor::randn([96, 80], (Kind::Float, Device::Cpu));
         let bias = Tensor::randn([96], (Kind::Float, Device::Cpu));
@@ -112,6 +102,7 @@ mod tests {
 
     #[test]
     fn a_libtorch_error_comes_back_as_an_error_not_an_abort() {
+        let _rng = crate::generation::rng::hold_default_generator();
         let weight = Tensor::randn([8, 4], (Kind::Float, Device::Cpu));
         let packed = PackedWeight::pack(&weight).expect("packs");
         let wrong = Tensor::randn([2, 5], (Kind::Float, Device::Cpu));

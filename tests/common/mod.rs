@@ -271,14 +271,3 @@ pub fn assert_json_close(a: &serde_json::Value, b: &serde_json::Value, tolerance
         _ => assert_eq!(a, b, "{at}"),
     }
 }
-
-/// libtorch's sampling draws from one process-wide CPU generator (tch exposes no per-call
-/// generator), so two tests in this process that sample with a seed at the same time (a
-/// replay of transformers' seeded sampling, a server's seeded calls) would draw from each
-/// other's seeded stream. The tests that sample with a seed hold this while they do.
-pub static GLOBAL_RNG: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
-/// [`GLOBAL_RNG`] held by a test that is not async.
-pub fn hold_global_rng() -> tokio::sync::MutexGuard<'static, ()> {
-    GLOBAL_RNG.blocking_lock()
-}

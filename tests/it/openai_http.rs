@@ -215,8 +215,6 @@ async fn grpc_generate(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn completions_and_chat_through_the_openai_client_equal_grpc_and_transformers() {
-    // Its seeded calls must not share the process-wide generator with another test's.
-    let _rng = common::GLOBAL_RNG.lock().await;
     let mut settings = settings();
     let model = |name: &str, fixture: &str| ModelSettings {
         name: name.into(),
