@@ -11,9 +11,9 @@ use crate::generation::{DecoderStep, PadSide, RowState, append_padded};
 pub trait CausalLm {
     fn layers(&self) -> usize;
 
-    /// Logits `[batch, new, vocab]` for `ids` `[batch, new]` at `positions`, attending to the
-    /// cached past and to itself. `key_mask` `[batch, past + new]` is 1 for real tokens, 0 for
-    /// padding.
+    /// The final (normed) hidden states `[batch, new, hidden]` for `ids` `[batch, new]` at
+    /// `positions`, attending to the cached past and to itself. `key_mask` `[batch, past + new]`
+    /// is 1 for real tokens, 0 for padding.
     fn forward(
         &self,
         ids: &Tensor,
@@ -21,6 +21,12 @@ pub trait CausalLm {
         key_mask: &Tensor,
         cache: &mut KvCache,
     ) -> Tensor;
+
+    /// Logits `[..., vocab]` of hidden states `[..., hidden]`. Apart from [`CausalLm::forward`]
+    /// so that a prompt's step computes them at its last position only (as transformers'
+    /// `generate` does with `logits_to_keep=1`): over a 50k-word vocabulary they are a third of
+    /// a 100-token prefill's work.
+    fn lm_head(&self, hidden: &Tensor) -> Tensor;
 }
 
 /// `[batch, 1, new, past + new]`: key `j` is visible to new query `i` when it is not padding and
@@ -60,8 +66,8 @@ impl<'a> CausalStep<'a> {
 }
 
 impl CausalStep<'_> {
-    /// Logits `[rows, new, vocab]` at every position fed, in the model's dtype.
-    fn logits(&mut self, tokens: &Tensor) -> Tensor {
+    /// Hidden states `[rows, new, hidden]` at every position fed, in the model's dtype.
+    fn hidden(&mut self, tokens: &Tensor) -> Tensor {
         let (rows, new) = tokens.size2().expect("[rows, new]");
         if self.started {
             let ones = Tensor::ones([rows, new], (Kind::Int64, tokens.device()));
@@ -78,13 +84,14 @@ impl CausalStep<'_> {
 
 impl DecoderStep for CausalStep<'_> {
     fn step(&mut self, tokens: &Tensor) -> Tensor {
-        self.logits(tokens).select(1, -1).to_kind(Kind::Float)
+        let last = self.hidden(tokens).select(1, -1);
+        self.model.lm_head(&last).to_kind(Kind::Float)
     }
 
     fn step_scoring(&mut self, tokens: &Tensor, scored: &Tensor) -> (Tensor, Option<Tensor>) {
-        let logits = self.logits(tokens);
-        let all = logits.index_select(0, scored).to_kind(Kind::Float);
-        (logits.select(1, -1).to_kind(Kind::Float), Some(all))
+        let hidden = self.hidden(tokens);
+        let all = self.model.lm_head(&hidden.index_select(0, scored)).to_kind(Kind::Float);
+        (self.model.lm_head(&hidden.select(1, -1)).to_kind(Kind::Float), Some(all))
     }
 
     fn select_rows(&mut self, rows: &Tensor) {

@@ -175,6 +175,10 @@ impl CausalLm for Gpt2 {
             let inner = self.activation.forward(&block.c_fc.forward(&block.ln_2.forward(&x)));
             x += block.mlp_proj.forward(&inner);
         }
-        self.lm_head.forward(&self.ln_f.forward(&x))
+        self.ln_f.forward(&x)
+    }
+
+    fn lm_head(&self, hidden: &Tensor) -> Tensor {
+        self.lm_head.forward(hidden)
     }
 }

@@ -362,6 +362,10 @@ impl CausalLm for Llama {
             let halves = gate_up.chunk(2, -1);
             x += block.down.forward(&(halves[0].silu() * &halves[1]));
         }
-        self.lm_head.forward(&self.norm.forward(&x))
+        self.norm.forward(&x)
+    }
+
+    fn lm_head(&self, hidden: &Tensor) -> Tensor {
+        self.lm_head.forward(hidden)
     }
 }
