@@ -91,7 +91,7 @@ pub fn run(request: &RunRequest<'_>) -> Result<RunSummary, RunError> {
         if window.is_empty() {
             break;
         }
-        for line in answer_window(&pipeline, &defaults, &window, &mut summary) {
+        for line in pipeline.answer_lines(&defaults, &window, &mut summary) {
             serde_json::to_writer(&mut writer, &line).map_err(|e| io_out(e.into()))?;
             writer.write_all(b"\n").map_err(io_out)?;
         }
@@ -139,8 +139,9 @@ pub fn parse_cli_params(pairs: &[String]) -> Result<Map<String, Value>, RunError
 
 /// The model behind a run, served by the engine as `lote serve` serves it: its model on a model
 /// thread (encoder batches or continuous batching for generation), fed through the bulk lane,
-/// with tokenizing on the CPU pool.
-struct Runner {
+/// with tokenizing on the CPU pool. Public for the fuzz target that feeds it lines
+/// (fuzz/engine/fuzz_targets/run_line.rs).
+pub struct Runner {
     served: ServedModel,
     /// What the encoder model computed (None for generation).
     stats: Option<Arc<Mutex<BatchStats>>>,
@@ -156,7 +157,8 @@ enum LineParams {
 }
 
 impl Runner {
-    fn load(request: &RunRequest<'_>) -> Result<Self, RunError> {
+    /// The request's model, task and placement, loaded (its input and output are not read).
+    pub fn load(request: &RunRequest<'_>) -> Result<Self, RunError> {
         let settings = ModelSettings {
             name: "run".into(),
             task: request.task,
@@ -182,6 +184,17 @@ impl Runner {
 
     fn task(&self) -> Task {
         self.served.task()
+    }
+
+    /// The output line of each of `window`'s (line number, text) lines, in order, as `lote run`
+    /// writes them; `defaults` are the `--param` values a line's `params` override.
+    pub fn answer_lines(
+        &self,
+        defaults: &Map<String, Value>,
+        window: &[(usize, String)],
+        summary: &mut RunSummary,
+    ) -> Vec<Value> {
+        answer_window(self, defaults, window, summary)
     }
 
     fn identity(&self) -> &ModelIdentity {
