@@ -9,9 +9,10 @@
 //! Admission follows the batching policy ([`BatchQueue`]): lanes, the queue bound, deadlines, and
 //! the token budget, where a request costs its rows (beams or sampled copies) times its longest
 //! length (prompt plus new tokens). A request whose caller has gone (or whose token stream was
-//! closed) leaves at the next step. Seeded sampling draws from its own generator (generation::rng)
-//! and runs alone, so a seed always gives the same text, bit for bit the logits it gets alone. Out of memory during a step restarts the batch's requests from the queue with a lower
-//! budget; a request that runs out of memory alone fails alone.
+//! closed) leaves at the next step. Seeded sampling draws from its own generator
+//! (generation::rng) and runs alone, so a seed always gives the same text from the logits it
+//! gets alone. Out of memory during a step restarts the batch's requests from the queue with a
+//! lower budget; a request that runs out of memory alone fails alone.
 
 use std::{
     panic::AssertUnwindSafe,
