@@ -102,7 +102,7 @@ fuzz: setup fixtures $(CARGO_FUZZ)
 	$(call fuzz_each,fuzz,$(FUZZ_TARGETS),,$(TARGET_DIR)/fuzz)
 # Not yet in `make test`: these have not been built or run yet (see README).
 fuzz-engine: setup fixtures $(CARGO_FUZZ)
-	$(call fuzz_each,fuzz/engine,$(ENGINE_FUZZ_TARGETS),-s none --dev,$(TARGET_DIR)/fuzz-engine)
+	$(call fuzz_each,fuzz/engine,$(ENGINE_FUZZ_TARGETS),-s none --dev --fuzz-dir $(CURDIR)/fuzz/engine,$(TARGET_DIR)/fuzz-engine)
 
 ## Real faults under a running job (minutes; needs root): RabbitMQ and PostgreSQL stopped for
 ## 30 s, the link to RabbitMQ cut for 20 s (a network namespace: socat and nftables), SIGKILL
