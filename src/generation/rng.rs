@@ -10,6 +10,7 @@ use std::{ffi::c_char, ptr::NonNull};
 use tch::{Device, Tensor};
 use torch_sys::C_tensor;
 
+use super::GenerateConfig;
 use crate::shim::{take, take_tensor};
 
 /// libtorch's `at::Generator`, opaque here.
@@ -82,9 +83,11 @@ impl Drop for SeededGenerator {
 pub struct Draws(Option<SeededGenerator>);
 
 impl Draws {
-    /// Draws for a search on `device`. libtorch failing to make a CPU or CUDA generator is a
-    /// broken install; like a failing tch operator it panics, which the engine's guard reports.
-    pub fn new(seed: Option<u64>, device: Device) -> Self {
+    /// Draws for a search on `device` under `config` (its seed counts only when it samples).
+    /// libtorch failing to make a CPU or CUDA generator is a broken install; like a failing tch
+    /// operator it panics, which the engine's guard reports.
+    pub fn new(config: &GenerateConfig, device: Device) -> Self {
+        let seed = config.seed.filter(|_| config.do_sample);
         Self(seed.map(|seed| SeededGenerator::new(seed, device).unwrap_or_else(|e| panic!("{e}"))))
     }
 

@@ -258,7 +258,7 @@ impl SampleSearch {
             prompt_len: ids.size()[1] as usize,
             max_length,
             do_sample: config.do_sample,
-            draws: Draws::new(config.seed.filter(|_| config.do_sample), device),
+            draws: Draws::new(config, device),
             processors,
             eos: eos_tensor(config, device),
             pad: pad_token(config).unwrap_or(0),
@@ -401,7 +401,7 @@ impl BeamSearch {
             Tensor::full([batch, nb, max_len - cur_len], -1, (Kind::Int64, device));
         Self {
             config: config.clone(),
-            draws: Draws::new(config.seed.filter(|_| config.do_sample), device),
+            draws: Draws::new(config, device),
             processors,
             nb,
             rows,
